@@ -243,7 +243,7 @@ export class HttpFetcher {
     const body = res.body;
     const declared = headerValues(res.headers['content-length'])[0];
     if (declared !== undefined && /^\d+$/.test(declared) && Number(declared) > maxBytes) {
-      body.destroy();
+      destroyBody(res);
       throw new TrustError('ENDLESS_DATA', `GET ${redact(url)}: Content-Length ${declared} exceeds the limit of ${maxBytes} bytes`);
     }
     const chunks: Buffer[] = [];
@@ -257,7 +257,7 @@ export class HttpFetcher {
         chunks.push(chunk);
       }
     } catch (e) {
-      body.destroy();
+      destroyBody(res);
       if (e instanceof TrustError) throw e;
       throw this.mapError(e, url, budget);
     }
@@ -445,6 +445,12 @@ async function discard(res: Dispatcher.ResponseData): Promise<void> {
   try {
     await res.body.dump({ limit: DISCARD_LIMIT });
   } catch {
-    res.body.destroy();
+    destroyBody(res);
   }
+}
+
+/** Aborts the transfer: the connection is closed, the stream's abort error is swallowed. */
+function destroyBody(res: Dispatcher.ResponseData): void {
+  res.body.on('error', () => {});
+  if (!res.body.destroyed) res.body.destroy();
 }

@@ -319,3 +319,9 @@ export function parseTargets(env: Envelope, what: string, dialect: Dialect): Tar
   }
   return { targets, delegations };
 }
+
+/** The version a stored document claims (for stores that keep only the bytes). Throws MALFORMED. */
+export function versionOfDocument(bytes: Buffer, maxBytes = 64 * 1024 * 1024): number {
+  const doc = obj(parseUntrustedJson(bytes, { maxBytes, what: 'stored metadata' }), 'stored metadata');
+  return uint(obj(doc['signed'], 'stored metadata: signed')['version'], 'stored metadata: signed.version', 1);
+}

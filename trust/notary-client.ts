@@ -3,11 +3,7 @@
 // are validated and escaped per path segment: nothing in them can change the path, add a query or a fragment.
 import { TrustError } from './errors.js';
 import { HttpFetcher, type HttpFetcherOptions } from './http-fetcher.js';
-
-/** What the trust updater fetches metadata through: `name` like `root.json`, `2.root.json`, `timestamp.json`. */
-export interface MetadataFetcher {
-  fetch(name: string, maxBytes: number): Promise<Buffer | null>;
-}
+import type { MetadataFetcher } from './updater.js';
 
 const MAX_GUN_LENGTH = 255 * 4;
 // Characters a GUN segment may hold: a registry host[:port] or an [IPv6] literal, and repository path components.
