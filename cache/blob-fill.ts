@@ -257,8 +257,8 @@ class Fill {
         const chunk = toBuffer(raw as Uint8Array);
         if (chunk.length === 0) continue;
         const wrote = writer.write(chunk);
-        if (writer.failure) throw writer.failure; // e.g. longer than expected: the excess is never served
         wrote.then(onWritten, () => {});
+        if (writer.failure) throw writer.failure; // e.g. longer than expected: the excess is never served
         this.append(chunk);
         this.wakeWaiting();
         if (writer.pendingBytes > this.maxUnwritten) await wrote; // only the disk slows the upstream down
@@ -267,7 +267,6 @@ class Fill {
       this.size = this.received = this.written = result.size;
       this.state = 'committed';
       this.settle({ digest: this.digest, size: result.size, fetched: true });
-      this.wakeWaiting();
     } catch (e) {
       const err = asError(e);
       destroyBody(body, err);
@@ -343,6 +342,7 @@ class Fill {
     this.finished = true;
     this.onSettled();
     this.resolveDone(outcome);
+    this.wakeWaiting();
     this.maybeRelease();
   }
 

@@ -131,6 +131,12 @@ const ALGORITHMS: readonly DigestAlgorithm[] = ['sha256', 'sha512'];
 const MAX_IOVECS = 256;
 const SHARD_RE = /^[0-9a-f]{2}$/;
 
+/** Marks a promise as handled (a caller that ignores it causes no unhandled rejection) and returns it. */
+function handled<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  return p;
+}
+
 function isErrno(e: unknown, code: string): boolean {
   return typeof e === 'object' && e !== null && (e as { code?: unknown }).code === code;
 }
@@ -427,7 +433,8 @@ type WriterState = 'open' | 'committing' | 'committed' | 'failed' | 'cancelled';
 
 /**
  * Receives one blob's bytes. write() may be called without awaiting (writes are queued in order and coalesced
- * into writev calls); its promise settles once that chunk reached the file. Chunks must not be mutated after
+ * into writev calls); its promise settles once that chunk reached the file. An ignored write() promise never
+ * becomes an unhandled rejection: every failure also shows in `failure` and is thrown again by commit(). Chunks must not be mutated after
  * they were passed in. Exactly one of commit() / cancel() ends the writer; a failed commit already cleaned up.
  */
 export class BlobWriter {
@@ -481,13 +488,13 @@ export class BlobWriter {
   }
 
   write(chunk: Uint8Array): Promise<void> {
-    if (this.state !== 'open') return Promise.reject(new BlobWriterStateError(`write after ${this.state}`));
-    if (this.error) return Promise.reject(this.error);
+    if (this.state !== 'open') return handled(Promise.reject(new BlobWriterStateError(`write after ${this.state}`)));
+    if (this.error) return handled(Promise.reject(this.error));
     if (chunk.length === 0) return Promise.resolve();
     const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     if (this.expectedSize !== undefined && this.received + buf.length > this.expectedSize) {
       this.error = new BlobSizeMismatch(this.digest, this.expectedSize, this.received + buf.length, true);
-      return Promise.reject(this.error);
+      return handled(Promise.reject(this.error));
     }
     this.hash.update(buf);
     this.received += buf.length;
@@ -495,7 +502,7 @@ export class BlobWriter {
     this.queuedBytes += buf.length;
     const p = new Promise<void>((resolve, reject) => this.queueWaiters.push({ resolve, reject }));
     this.pumping ??= this.pump();
-    return p;
+    return handled(p);
   }
 
   private async pump(): Promise<void> {

@@ -179,6 +179,33 @@ export function buildProgram(io: Io): Command {
     .exitOverride()
     .configureOutput({ writeOut: io.out, writeErr: io.err });
 
+  program
+    .command('serve')
+    .description('run the verifying mirror (embedded default config unless --config is given)')
+    .option('-c, --config <file>', 'YAML configuration file')
+    .option('--listen <host:port>', 'override the listen address')
+    .option('--state-dir <dir>', 'override the state directory')
+    .action(async (o: { config?: string; listen?: string; stateDir?: string }) => {
+      const { loadConfig } = await import('./config.js');
+      const { startDaemon } = await import('./serve.js');
+      let config = await loadConfig(o.config);
+      if (o.listen) {
+        const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(o.listen);
+        if (!m) throw new Error(`--listen must be host:port (got ${o.listen})`);
+        config = { ...config, listen: { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) } };
+      }
+      if (o.stateDir) config = { ...config, stateDir: resolve(o.stateDir) };
+      const d = await startDaemon(config);
+      await new Promise<void>((done) => {
+        const stop = (sig: string) => {
+          process.stderr.write(`portcullis: ${sig}: draining in-flight requests\n`);
+          d.stop().then(done, done);
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+      });
+    });
+
   const trust = program.command('trust').description('Inspect Notary v1 (Docker Content Trust) trust data');
   const notaryOpts = (c: Command) =>
     c
@@ -248,7 +275,8 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1;
-    if (e instanceof TrustError) io.err(`portcullis: refused (${e.reason}): ${e.message}\n`);
+    if ((e as Error)?.name === 'ConfigError') io.err(`portcullis: ${(e as Error).message}\n`);
+    else if (e instanceof TrustError) io.err(`portcullis: refused (${e.reason}): ${e.message}\n`);
     else if (e instanceof ReferenceError) io.err(`portcullis: ${e.message}\n`);
     else io.err(`portcullis: ${(e as Error).message ?? String(e)}\n`);
     return 1;

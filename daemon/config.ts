@@ -733,7 +733,7 @@ class Checker {
         const hint =
           h.literal.includes('.') || h.literal.includes(':') || h.literal === 'localhost'
             ? suggest(h.literal, upstreamHosts)
-            : `; patterns match host/repository, e.g. "${DOCKER_HUB}/library/${h.literal}/**" for Docker Hub`;
+            : `; patterns match host/repository: for Docker Hub write "${DOCKER_HUB}/${s}"`;
         this.error(e.path, e.value, `host "${h.literal}" is not a configured upstream (configured: ${upstreamHosts.join(', ') || 'none'})${hint}`);
         return undefined;
       }

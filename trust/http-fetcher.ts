@@ -38,10 +38,10 @@ export interface AuthChallenge {
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const DISCARD_LIMIT = 64 * 1024;
-const TOKEN_MAX_BYTES = 256 * 1024;
-const DEFAULT_TOKEN_TTL_S = 60;
+export const TOKEN_MAX_BYTES = 256 * 1024;
+export const DEFAULT_TOKEN_TTL_S = 60;
 const TCHAR = /[!#$%&'*+.^_`|~0-9A-Za-z-]/;
-const TOKEN_RE = /^[A-Za-z0-9\-._~+/]+=*$/;
+export const TOKEN_RE = /^[A-Za-z0-9\-._~+/]+=*$/;
 
 /** Parses a WWW-Authenticate header value into challenges (RFC 9110 §11.6.1). Lenient, never throws. */
 export function parseWwwAuthenticate(value: string): AuthChallenge[] {
@@ -94,11 +94,11 @@ export function parseWwwAuthenticate(value: string): AuthChallenge[] {
   return out;
 }
 
-function isLoopback(hostname: string): boolean {
+export function isLoopback(hostname: string): boolean {
   return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(hostname);
 }
 
-function headerValues(v: string | string[] | undefined): string[] {
+export function headerValues(v: string | string[] | undefined): string[] {
   if (v === undefined) return [];
   return Array.isArray(v) ? v : [v];
 }
@@ -214,7 +214,6 @@ export class HttpFetcher {
   // ---------------------------------------------------------------------------------------------- internals
 
   private resolve(path: string): URL {
-    // eslint-disable-next-line no-control-regex
     if (!path.startsWith('/') || /[\s\\#\u0000-\u001f\u007f]/.test(path)) {
       throw new TrustError('MALFORMED', `request path ${JSON.stringify(path)} is not a clean absolute path`);
     }
@@ -431,7 +430,7 @@ class Budget {
   }
 }
 
-function basic(username: string, password: string): string {
+export function basic(username: string, password: string): string {
   return 'Basic ' + Buffer.from(`${username}:${password}`, 'utf8').toString('base64');
 }
 
@@ -441,7 +440,7 @@ function redact(url: URL): string {
 }
 
 /** Reads and drops a small body so the connection can be reused; destroys it if it is large or slow. */
-async function discard(res: Dispatcher.ResponseData): Promise<void> {
+export async function discard(res: Dispatcher.ResponseData): Promise<void> {
   try {
     await res.body.dump({ limit: DISCARD_LIMIT });
   } catch {
@@ -450,7 +449,7 @@ async function discard(res: Dispatcher.ResponseData): Promise<void> {
 }
 
 /** Aborts the transfer: the connection is closed, the stream's abort error is swallowed. */
-function destroyBody(res: Dispatcher.ResponseData): void {
+export function destroyBody(res: Dispatcher.ResponseData): void {
   res.body.on('error', () => {});
   if (!res.body.destroyed) res.body.destroy();
 }

@@ -284,15 +284,12 @@ class Parser {
     } else {
       this.fail('invalid number', start);
     }
-    let integerSyntax = true;
     if (c === DOT) {
-      integerSyntax = false;
       c = s.charCodeAt(++i);
       if (!isDigit(c)) this.fail('invalid number (no digit after the decimal point)', start);
       do c = s.charCodeAt(++i); while (isDigit(c));
     }
     if (c === 0x65 || c === 0x45) {
-      integerSyntax = false;
       c = s.charCodeAt(++i);
       if (c === 0x2b || c === MINUS) c = s.charCodeAt(++i);
       if (!isDigit(c)) this.fail('invalid number (no digit in the exponent)', start);
@@ -305,8 +302,7 @@ class Parser {
     if (Number.isInteger(n) && !Number.isSafeInteger(n)) {
       this.fail(`integer ${text} cannot be represented exactly (beyond ±(2^53-1))`, start);
     }
-    if (integerSyntax || n !== 0) return n;
-    return 0; // -0, -0.0 and 0e5 are all plain zero
+    return n === 0 ? 0 : n; // -0 and -0.0 are plain zero
   }
 
   private unexpected(expected?: string): never {

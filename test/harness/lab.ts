@@ -11,7 +11,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pushDemoImages, type DemoTag, type PushedManifest } from './images.js';
 import { startNotary, type NotaryPeer } from './notary.js';
-import { keepLabDirs, makeTempDir, removeTempDir, type RunResult } from './process.js';
+import { keepLabDirs, makeTempDir, onCleanup, removeTempDir, type RunResult } from './process.js';
 import { startRegistry, type Registry } from './registry.js';
 import { selfSignedCert, type KeyPair } from './tls.js';
 
@@ -101,7 +101,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
   const dir = opts.dir ?? makeTempDir('portcullis-lab');
   const started: Array<{ stop(): Promise<void> }> = [];
   const stopStarted = async () => {
-    for (const s of started.reverse()) await s.stop().catch(() => {});
+    for (const s of [...started].reverse()) await s.stop().catch(() => {});
   };
 
   try {
@@ -133,6 +133,8 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     opts.log?.(`lab up in ${timings.total} ms: registry ${registry.url}, notary ${notaryPeer.url}, GUN ${gun}`);
 
     const signedTags: DemoTag[] = withSigned ? ['v1', 'multi'] : [];
+    let stopped: Promise<void> | undefined;
+    const unregister = onCleanup(() => lab.stop());
     const lab: Lab = {
       dir,
       registry,
@@ -158,10 +160,14 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
         return parseNotaryList((await notaryPeer.notaryOk(...args)).stdout);
       },
       notary: (...args: string[]) => notaryPeer.notary(...args),
-      async stop() {
-        await stopStarted();
-        if (ownDir) removeTempDir(dir);
-        if (keepLabDirs()) opts.log?.(`PORTCULLIS_LAB_KEEP=1: kept ${dir}`);
+      stop() {
+        stopped ??= (async () => {
+          unregister();
+          await stopStarted();
+          if (ownDir) removeTempDir(dir);
+          if (keepLabDirs()) opts.log?.(`PORTCULLIS_LAB_KEEP=1: kept ${dir}`);
+        })();
+        return stopped;
       },
     };
     return lab;
@@ -170,6 +176,25 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     if (ownDir) removeTempDir(dir);
     throw e;
   }
+}
+
+/** The lab as environment variables (for the demo command, or to drive the CLIs by hand). */
+export function labEnv(lab: Lab): Record<string, string> {
+  const env: Record<string, string> = {
+    LAB_DIR: lab.dir,
+    LAB_REGISTRY: lab.registryHost,
+    LAB_REGISTRY_URL: lab.registryUrl,
+    LAB_NOTARY_URL: lab.notaryUrl,
+    LAB_NOTARY_CA: lab.caPath,
+    LAB_NOTARY_CONFIG: lab.notaryPeer.clientConfigPath,
+    LAB_GUN: lab.gun,
+    LAB_SIGNED_TAGS: lab.signedTags.join(' '),
+    LAB_UNSIGNED_TAGS: lab.unsignedTags.join(' '),
+  };
+  if (lab.proxyUrl) env.LAB_REGISTRY_PROXY_URL = lab.proxyUrl;
+  if (lab.hubGun) env.LAB_GUN_HUB = lab.hubGun;
+  for (const [tag, m] of Object.entries(lab.images)) env[`LAB_DIGEST_${tag.replace(/\W/g, '_').toUpperCase()}`] = m.digest;
+  return env;
 }
 
 /**

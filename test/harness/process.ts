@@ -107,7 +107,7 @@ function installExitHook(): void {
 }
 
 // The watchdog reads "+PGID" / "-PGID" and "D+DIR" / "D-DIR" lines; on EOF it signals the process groups still
-// registered (TERM, then KILL) and removes the directories still registered.
+// registered (TERM, then KILL after 3 s) and removes the directories still registered.
 const WATCHDOG_SCRIPT = `
 set -f
 nl='
@@ -124,7 +124,11 @@ while IFS= read -r line; do
 done
 if [ -n "$pids" ]; then
   for p in $pids; do kill -TERM "-$p" 2>/dev/null; done
-  sleep 3
+  i=0
+  while [ -n "$pids" ] && [ $i -lt 30 ]; do
+    alive=""; for p in $pids; do kill -0 "-$p" 2>/dev/null && alive="$alive $p"; done; pids=$alive
+    [ -n "$pids" ] && sleep 0.1; i=$((i + 1))
+  done
   for p in $pids; do kill -KILL "-$p" 2>/dev/null; done
 fi
 IFS=$nl
@@ -180,6 +184,22 @@ export async function stopAll(graceMs?: number): Promise<void> {
     }
   }
   await Promise.all([...live.values()].map((p) => p.stop(graceMs)));
+}
+
+/**
+ * For long-running commands (the demo): on SIGINT/SIGTERM/SIGHUP, stop everything started here, then exit with
+ * 128 + signal number. Without it a signal still cleans up, through the watchdog, but less gracefully.
+ */
+export function stopAllOnSignals(): void {
+  const codes: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+  let stopping = false;
+  for (const sig of Object.keys(codes) as NodeJS.Signals[]) {
+    process.once(sig, () => {
+      if (stopping) return;
+      stopping = true;
+      void stopAll().finally(() => process.exit(128 + codes[sig]!));
+    });
+  }
 }
 
 /** PIDs (= process group IDs) of the processes started here that are still running. */

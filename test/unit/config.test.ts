@@ -258,7 +258,7 @@ lisen: 127.0.0.1:5050
     expect(issueAt(base(`  - match: "dockr.io/**"\n    trust: deny\n${denyAll}`), 'policy[0].match').message).toMatch(
       /host "dockr.io" is not a configured upstream.*did you mean "docker.io"/,
     );
-    expect(issueAt(base(`  - match: "library/nginx"\n    trust: none\n${denyAll}`), 'policy[0].match').message).toMatch(/docker.io\/library\/library/);
+    expect(issueAt(base(`  - match: "library/nginx"\n    trust: none\n${denyAll}`), 'policy[0].match').message).toMatch(/for Docker Hub write "docker.io\/library\/nginx"/);
     expect(issueAt(base(`  - match: "nginx"\n    trust: none\n${denyAll}`), 'policy[0].match').message).toMatch(/docker.io\/library\/nginx/);
     expect(issueAt(base(`  - match: "docker.io/nginx"\n    trust: none\n${denyAll}`), 'policy[0].match').message).toMatch(/two path segments/);
     expect(issueAt(base(`  - match: "*.example.com/**"\n    trust: none\n${denyAll}`), 'policy[0].match').message).toMatch(/matches no configured upstream/);

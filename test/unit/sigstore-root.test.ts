@@ -70,7 +70,7 @@ describe('real Sigstore root-signing TUF repository', () => {
     expect(() => checkLengthAndHashes(bytes, found!.target.length, found!.target.hashes, 'trusted_root.json')).not.toThrow();
     // and a tampered copy is refused
     const tampered = Buffer.from(bytes);
-    tampered[100] ^= 1;
+    tampered[100] = tampered[100]! ^ 1;
     expect(() => checkLengthAndHashes(tampered, found!.target.length, found!.target.hashes, 'trusted_root.json')).toThrow(TrustError);
     // the validity of the decision is bounded by the earliest expiry on the chain (timestamp v762)
     expect(found!.validUntil.toISOString()).toBe('2026-08-28T19:25:56.000Z');
