@@ -90,6 +90,9 @@ function parseRepo(name: string, ns: string | null, upstreams: ReadonlySet<strin
         host = first.toLowerCase();
         path = name.slice(first.length + 1);
         mode = 'prefix';
+      } else if (name.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost')) {
+        // Looks like a registry host, and Docker Hub namespaces never contain "." or ":": refuse, don't guess.
+        throw ociError('NAME_UNKNOWN', `registry ${first} is not configured as an upstream of this mirror`);
       } else {
         host = DOCKER_HUB;
         path = name;

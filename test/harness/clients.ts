@@ -17,7 +17,7 @@
 //    `?ns=<upstream host>` to every request it sends to a mirror.
 //  - podman and skopeo print the mirror's error on stderr; podman asks the mirror for the tag without `ns`.
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import {
@@ -52,6 +52,14 @@ export interface DaemonPullResult extends ClientResult {
   readonly daemonLog: string;
   /** stdout + stderr + daemonLog, to search for a message wherever the client put it. */
   readonly combined: string;
+}
+
+export interface DockerPullResult extends DaemonPullResult {
+  /**
+   * The error of each registry endpoint dockerd gave up on, in order (the mirror first), unquoted from its log:
+   * `Attempting next endpoint for pull after error: <this>`, e.g. `denied: <the mirror's message>`.
+   */
+  readonly endpointErrors: string[];
 }
 
 export interface PullOptions {
@@ -193,7 +201,7 @@ export interface Dockerd {
   /** Runs /usr/bin/docker with this daemon's env. Never throws for a non-zero exit. */
   docker(args: readonly string[], opts?: PullOptions): Promise<ClientResult>;
   /** `docker pull <ref>`; `daemonLog` holds what dockerd logged meanwhile (the mirror's error is only there). */
-  pull(ref: string, opts?: PullOptions): Promise<DaemonPullResult>;
+  pull(ref: string, opts?: PullOptions): Promise<DockerPullResult>;
   /** `RepoDigests` of a local image (`docker.io` names appear as `demo@sha256:…`); [] if there is no such image. */
   repoDigests(ref: string): Promise<string[]>;
   /** The `sha256:…` part of the image's (first) RepoDigest, or undefined if the image is not present. */
@@ -216,6 +224,8 @@ function dockerdConfig(dir: string, socket: string, o: { mirrorUrl?: string; ins
       'data-root': join(dir, 'root'),
       'exec-root': join(dir, 'exec'),
       pidfile: join(dir, 'dockerd.pid'),
+      // default /etc/docker/key.json: dockerd 20.10 creates it on start
+      'deprecated-key-path': join(dir, 'key.json'),
       hosts: [`unix://${socket}`],
       'storage-driver': 'vfs',
       iptables: false,
@@ -231,6 +241,23 @@ function dockerdConfig(dir: string, socket: string, o: { mirrorUrl?: string; ins
     null,
     2,
   );
+}
+
+// dockerd 20.10 always creates /run/docker/plugins (not configurable); remove it again (empty dirs only) when the
+// last dockerd started here stops, if it did not exist before.
+const RUN_DOCKER = '/run/docker';
+let runDockerCreatedHere: boolean | undefined;
+let dockerdsRunning = 0;
+function releaseRunDocker(): void {
+  if (--dockerdsRunning > 0 || !runDockerCreatedHere) return;
+  for (const d of [join(RUN_DOCKER, 'plugins'), RUN_DOCKER]) {
+    try {
+      rmdirSync(d);
+    } catch {
+      return; // not empty (someone else's dockerd uses it) or already gone
+    }
+  }
+  runDockerCreatedHere = undefined;
 }
 
 /** Starts a private dockerd (vfs storage, no bridge/iptables) with the mirror configured; waits for /_ping. */
@@ -251,14 +278,17 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
   const env = { DOCKER_HOST: `unix://${socket}`, DOCKER_CONFIG: clientConfig };
   const cliEnv = (extra?: Readonly<Record<string, string>>): NodeJS.ProcessEnv => ({ ...process.env, ...env, ...extra });
 
+  if (dockerdsRunning === 0 && runDockerCreatedHere === undefined) runDockerCreatedHere = !existsSync(RUN_DOCKER);
   const t0 = performance.now();
   const proc = await startProcess({ name: 'dockerd', command: DOCKERD_BIN, args: ['--config-file', configFile], logFile });
+  dockerdsRunning++;
   let stopped: Promise<void> | undefined;
   let unregister = () => {};
   const stop = () =>
     (stopped ??= (async () => {
       unregister();
       await proc.stop(20_000);
+      releaseRunDocker();
       if (ownDir) await removeDaemonDir(dir);
     })());
   unregister = onCleanup(stop);
@@ -293,7 +323,7 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
       const from = fileSize(logFile);
       const r = await docker(['pull', ref], o);
       const daemonLog = readFrom(logFile, from);
-      return { ...r, daemonLog, combined: `${r.stdout}\n${r.stderr}\n${daemonLog}` };
+      return { ...r, daemonLog, combined: `${r.stdout}\n${r.stderr}\n${daemonLog}`, endpointErrors: dockerEndpointErrors(daemonLog) };
     },
     async repoDigests(ref) {
       const r = await docker(['image', 'inspect', '--format', '{{json .RepoDigests}}', ref], { timeoutMs: 30_000 });
@@ -334,6 +364,43 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
     stop,
   };
   return d;
+}
+
+export interface LogrusLine {
+  readonly level: string;
+  /** `msg`, unquoted. */
+  readonly msg: string;
+  readonly line: string;
+}
+
+/** Unquotes a Go `%q` string body (logrus text format); falls back to the raw text. */
+function unquoteGo(body: string): string {
+  try {
+    return JSON.parse(`"${body.replace(/\\x([0-9a-fA-F]{2})/g, '\\u00$1').replace(/\\'/g, "'")}"`) as string;
+  } catch {
+    return body;
+  }
+}
+
+/** The `level` and `msg` of each logrus text-format line (dockerd, containerd, distribution logs). */
+export function parseLogrus(text: string): LogrusLine[] {
+  const out: LogrusLine[] = [];
+  for (const line of text.split('\n')) {
+    const level = /(?:^|\s)level=(\w+)/.exec(line)?.[1];
+    if (!level) continue;
+    const q = /(?:^|\s)msg="((?:[^"\\]|\\.)*)"/.exec(line);
+    const msg = q ? unquoteGo(q[1]!) : (/(?:^|\s)msg=(\S*)/.exec(line)?.[1] ?? '');
+    out.push({ level, msg, line });
+  }
+  return out;
+}
+
+/** dockerd's `Attempting next endpoint for pull after error: …` messages (see `DockerPullResult.endpointErrors`). */
+export function dockerEndpointErrors(daemonLog: string): string[] {
+  const prefix = 'Attempting next endpoint for pull after error: ';
+  return parseLogrus(daemonLog)
+    .filter((l) => l.msg.startsWith(prefix))
+    .map((l) => l.msg.slice(prefix.length));
 }
 
 /**
@@ -600,7 +667,10 @@ export function podman(opts: PodmanOptions): Podman {
       'cgroup_manager = "cgroupfs"\n' +
       'events_logger = "file"\n' +
       `events_logfile_path = ${tomlString(join(dir, 'events.log'))}\n` +
-      `volume_path = ${tomlString(join(dir, 'volumes'))}\n`,
+      `volume_path = ${tomlString(join(dir, 'volumes'))}\n` +
+      '[network]\n' +
+      // default /run/containers/networks (created by the first podman command)
+      `network_config_dir = ${tomlString(join(dir, 'networks'))}\n`,
   );
   const authFile = join(dir, 'auth.json');
   writeFileSync(authFile, '{}\n');
