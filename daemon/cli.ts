@@ -70,21 +70,33 @@ function pad(s: string, n: number): string {
 }
 
 export function formatPretty(t: TrustInspection): string {
+  // As docker trust inspect --pretty lays it out: tables as Go's tabwriter (min width 10, padding 3) makes them,
+  // "(Repo Admin)" in parentheses, signers and key IDs sorted, admin keys "Repository" before "Root".
+  const table = (rows: string[][]): string[] => {
+    const widths = rows[0]!.slice(0, -1).map((_, c) => Math.max(10, ...rows.map((r) => r[c]!.length + 3)));
+    return rows.map((r) => r.map((cell, c) => (c < widths.length ? cell.padEnd(widths[c]!) : cell)).join(''));
+  };
+  const sorted = (xs: readonly string[]) => [...xs].sort();
   const lines: string[] = [];
   if (t.SignedTags.length === 0) {
     lines.push(`\nNo signatures for ${t.Name}\n`);
   } else {
     lines.push(`\nSignatures for ${t.Name}\n`);
-    lines.push(pad('SIGNED TAG', 20) + pad('DIGEST', 67) + 'SIGNERS');
-    for (const r of t.SignedTags) lines.push(pad(r.SignedTag, 20) + pad(r.Digest, 67) + r.Signers.join(', '));
+    lines.push(...table([
+      ['SIGNED TAG', 'DIGEST', 'SIGNERS'],
+      ...t.SignedTags.map((r) => [r.SignedTag, r.Digest, sorted(r.Signers).map((s) => (s === 'Repo Admin' ? `(${s})` : s)).join(', ')]),
+    ]));
   }
   if (t.Signers.length > 0) {
     lines.push(`\nList of signers and their keys for ${t.Name}\n`);
-    lines.push(pad('SIGNER', 20) + 'KEYS');
-    for (const s of t.Signers) lines.push(pad(s.Name, 20) + s.Keys.map((k) => k.ID.slice(0, 12)).join(', '));
+    const signers = [...t.Signers].sort((a, b) => (a.Name < b.Name ? -1 : a.Name > b.Name ? 1 : 0));
+    lines.push(...table([['SIGNER', 'KEYS'], ...signers.map((s) => [s.Name, sorted(s.Keys.map((k) => k.ID)).map((id) => id.slice(0, 12)).join(', ')])]));
   }
   lines.push(`\nAdministrative keys for ${t.Name}\n`);
-  for (const a of t.AdministrativeKeys) lines.push(`  ${a.Name} Key:\t${a.Keys.map((k) => k.ID).join(', ')}`);
+  // docker orders these by TUF role name, descending: "targets" (Repository) before "root" (Root)
+  const rank = (n: string) => (n === 'Repository' ? 0 : n === 'Root' ? 1 : 2);
+  const admin = [...t.AdministrativeKeys].sort((a, b) => rank(a.Name) - rank(b.Name));
+  for (const a of admin) lines.push(`  ${a.Name} Key:\t${sorted(a.Keys.map((k) => k.ID)).join(', ')}`);
   return lines.join('\n') + '\n';
 }
 

@@ -297,6 +297,10 @@ export class TrustedSet {
   /** §5.4: the timestamp. Returns false when it is the version already trusted (nothing changed). */
   updateTimestamp(bytes: Buffer, now: Date, o: { fromStore?: boolean } = {}): boolean {
     if (!o.fromStore) this.#checkExpiry('root', this.#root.env, now); // §5.3.10: a frozen root stops here
+    // Notary: the trusted root's x509 keys must still be valid now (as the notary client re-validates its cached
+    // root on every update). Without this a long-running client kept trusting a root whose certificates had
+    // expired, while a restarted one (TrustedSet.load -> fromRoot) refused it with CERTIFICATE.
+    if (!o.fromStore && this.dialect === 'notary') this.#verifyThreshold(this.#root.env, this.#root.info.roles.get('root')!, this.#root.info.keys, 'root', now, 'root');
     const env = parseEnvelope(bytes, { dialect: this.dialect, role: 'timestamp', what: 'timestamp', maxBytes: this.limits.timestampMaxBytes, maxDepth: this.limits.maxJsonDepth });
     this.#verifyThreshold(env, this.#root.info.roles.get('timestamp')!, this.#root.info.keys, 'timestamp', now);
     const info = parseTimestamp(env, 'timestamp', this.dialect);

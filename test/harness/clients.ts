@@ -668,8 +668,12 @@ export function podman(opts: PodmanOptions): Podman {
       'events_logger = "file"\n' +
       `events_logfile_path = ${tomlString(join(dir, 'events.log'))}\n` +
       `volume_path = ${tomlString(join(dir, 'volumes'))}\n` +
+      // pulls stage blobs here (default /var/tmp)
+      `image_copy_tmp_dir = ${tomlString(join(dir, 'tmp'))}\n` +
       '[network]\n' +
-      // default /run/containers/networks (created by the first podman command)
+      // rootful netavark always creates /run/containers/networks (hard-coded); the CNI backend keeps to its
+      // config dir. Nothing here runs a container, so the backend is otherwise irrelevant.
+      'network_backend = "cni"\n' +
       `network_config_dir = ${tomlString(join(dir, 'networks'))}\n`,
   );
   const authFile = join(dir, 'auth.json');
