@@ -262,7 +262,10 @@ export class ProxyServer {
       const code = (e as { code?: string }).code;
       if (code === 'TOOMANYREQUESTS') throw ociError('TOOMANYREQUESTS', `registry ${repo.host} asks to slow down (429)`);
       if (code === 'TOO_LARGE') throw ociError('MANIFEST_INVALID', `a manifest of ${repo.name} exceeds the size limit`);
-      throw ociError('UNAVAILABLE', `registry ${repo.host} is unavailable for ${repo.name}: ${(e as Error).message}`, undefined, { upstreamError: code });
+      // Say "unreachable" when the registry could not be reached at all (connection refused, DNS, TLS): an
+      // offline mirror's refusal of an uncached image must tell the operator why, not just "unavailable".
+      const what = code === 'UNREACHABLE' ? 'unreachable' : 'unavailable';
+      throw ociError('UNAVAILABLE', `registry ${repo.host} is ${what} for ${repo.name}: ${(e as Error).message}`, undefined, { upstreamError: code });
     }
   }
 

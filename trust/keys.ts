@@ -82,6 +82,11 @@ export interface UsageContext {
   readonly now: Date;
   /** When set, an x509 key's certificate must have this CN (Notary requires CN = GUN for root keys). */
   readonly requiredCommonName?: string | undefined;
+  /**
+   * Skip the validity window (the CN is still checked): for keys of an already trusted root, which Notary does
+   * not re-check for expiry when they vouch for the next root, so a root whose certificates expired can rotate.
+   */
+  readonly ignoreValidityWindow?: boolean | undefined;
 }
 
 function commonName(cert: X509Certificate): string | undefined {
@@ -101,7 +106,7 @@ function checkCertificate(cert: X509Certificate, id: string, ctx: UsageContext):
   const to = new Date(cert.validTo);
   // A certificate outside its window is an expired (or not yet valid) key: refusing it stops a freeze that
   // relies on keys that should have been retired.
-  if (!(from.getTime() <= ctx.now.getTime() && ctx.now.getTime() <= to.getTime())) {
+  if (!ctx.ignoreValidityWindow && !(from.getTime() <= ctx.now.getTime() && ctx.now.getTime() <= to.getTime())) {
     fail('CERTIFICATE', `key ${id}: certificate is valid from ${cert.validFrom} to ${cert.validTo}, not at ${ctx.now.toISOString()}`);
   }
   if (ctx.requiredCommonName !== undefined && commonName(cert) !== ctx.requiredCommonName) {

@@ -83,12 +83,14 @@ export class TrustedSet {
    * The root must still be signed by a threshold of its own root keys (spec 5.2: a root that does not sign
    * itself is not a root).
    */
-  static fromRoot(rootBytes: Buffer, opts: TrustedSetOptions, now: Date): TrustedSet {
+  static fromRoot(rootBytes: Buffer, opts: TrustedSetOptions, now: Date, fromStore = false): TrustedSet {
     const limits = opts.limits ?? defaultTrustLimits;
     const env = parseEnvelope(rootBytes, { dialect: opts.dialect, role: 'root', what: 'root', maxBytes: limits.rootMaxBytes, maxDepth: limits.maxJsonDepth });
     const info = parseRoot(env, 'root');
     const set = new TrustedSet(opts, { env, info });
-    set.#verifyThreshold(env, info.roles.get('root')!, info.keys, 'root', now, 'root');
+    // A stored root is not re-checked for certificate validity (as for expiry): refresh() re-verifies it at `now`
+    // after trying to rotate, so a client restarted after its root certificates expired can still rotate away.
+    set.#verifyThreshold(env, info.roles.get('root')!, info.keys, 'root', now, 'root', fromStore);
     set.#record('root', env);
     return set;
   }
@@ -102,7 +104,7 @@ export class TrustedSet {
   static load(stored: StoredNamespace, opts: TrustedSetOptions, now: Date): TrustedSet | undefined {
     const rootDoc = stored.documents.get('root');
     if (!rootDoc) return undefined;
-    const set = TrustedSet.fromRoot(rootDoc.bytes, opts, now);
+    const set = TrustedSet.fromRoot(rootDoc.bytes, opts, now, true);
     for (const [name, v] of stored.highWater) set.#highWater.set(name, v);
     const docs = new Map<string, Buffer>();
     for (const [name, d] of stored.documents) if (name !== 'root') docs.set(name, d.bytes);
@@ -270,7 +272,9 @@ export class TrustedSet {
     const env = parseEnvelope(bytes, { dialect: this.dialect, role: 'root', what: `root v${this.rootVersion + 1}`, maxBytes: this.limits.rootMaxBytes, maxDepth: this.limits.maxJsonDepth });
     const info = parseRoot(env, 'root');
     // §5.3.4: signed by the trusted root's keys (a root rotated by someone who does not hold the old keys is refused)
-    this.#verifyThreshold(env, this.#root.info.roles.get('root')!, this.#root.info.keys, 'root', now, 'root');
+    // (Notary: the trusted root's certificates vouch for the next root even if they have expired, as in notary's
+    // ValidateRoot; otherwise a root whose certificates expired could never be rotated.)
+    this.#verifyThreshold(env, this.#root.info.roles.get('root')!, this.#root.info.keys, 'root', now, 'root', true);
     // §5.3.4: and by its own keys (new keys that do not sign their own root are refused)
     this.#verifyThreshold(env, info.roles.get('root')!, info.keys, 'root', now, 'root');
     // §5.3.5: exactly the next version (rollback, and skipping a root that rotated keys away)
@@ -459,7 +463,10 @@ export class TrustedSet {
   }
 
   #key(id: string, json: JsonValue, role: string): PublicKey {
-    const cacheKey = `${role}\u0000${id}`;
+    // The key object is part of the cache key: TUF key IDs are taken as given, so a new root (or delegator) may
+    // map an existing ID to another key. Caching by ID alone kept verifying with the retired key (which could
+    // still sign) and refused the new one; in Notary it also skipped the KEYID_MISMATCH check on a cache hit.
+    const cacheKey = `${role}\u0000${id}\u0000${JSON.stringify(json)}`;
     let k = this.#keyCache.get(cacheKey);
     if (!k) {
       k = parseKey(id, json, this.dialect);
@@ -472,7 +479,7 @@ export class TrustedSet {
    * Counts valid signatures from distinct key material. Two IDs naming one key count once; the same key ID
    * twice in the signature list is refused outright (a duplicate-signature threshold attack).
    */
-  #verifyThreshold(env: Envelope, role: RoleKeys, keyMap: ReadonlyMap<string, JsonValue>, roleName: string, now: Date, certRole?: 'root'): void {
+  #verifyThreshold(env: Envelope, role: RoleKeys, keyMap: ReadonlyMap<string, JsonValue>, roleName: string, now: Date, certRole?: 'root', ignoreValidityWindow = false): void {
     const seen = new Set<string>();
     for (const s of env.signatures) {
       if (seen.has(s.keyid)) throw new TrustError('THRESHOLD', `${roleName}: key ${s.keyid} signs twice; duplicate signatures are refused`, roleName);
@@ -489,7 +496,7 @@ export class TrustedSet {
       try {
         key = this.#key(s.keyid, json, roleName);
         if (this.dialect === 'notary') {
-          checkKeyUsable(key, { now, requiredCommonName: certRole === 'root' ? this.gun : undefined });
+          checkKeyUsable(key, { now, requiredCommonName: certRole === 'root' ? this.gun : undefined, ignoreValidityWindow });
         }
       } catch (e) {
         if (e instanceof TrustError && !keyProblem) keyProblem = e;
@@ -544,11 +551,18 @@ function fnmatchSegment(p: string, s: string): boolean {
     if (c === '*') re += '.*';
     else if (c === '?') re += '.';
     else if (c === '[') {
-      const j = p.indexOf(']', i + 2);
-      if (j < 0) { re += '\\['; continue; }
+      // As Python's fnmatch (python-tuf) reads a set: "[!" negates, a "]" right after "[" or "[!" is a member,
+      // and "^", "[", "]" and "\\" inside are literal. (JS read "[^a]" as a negation, a wider pattern than
+      // the delegator wrote, and "[]a]" / "[!]a]" as something else entirely.)
+      let j = i + 1;
+      if (p[j] === '!') j++;
+      if (p[j] === ']') j++;
+      while (j < p.length && p[j] !== ']') j++;
+      if (j >= p.length) { re += '\\['; continue; }
       let body = p.slice(i + 1, j);
-      if (body.startsWith('!')) body = '^' + body.slice(1);
-      re += '[' + body.replace(/\\/g, '\\\\') + ']';
+      const negate = body.startsWith('!');
+      if (negate) body = body.slice(1);
+      re += '[' + (negate ? '^' : '') + body.replace(/[\\\]\[^]/g, '\\$&') + ']';
       i = j;
     } else re += escapeRegExp(c);
   }

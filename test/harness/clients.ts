@@ -1,21 +1,26 @@
 // The REAL container clients, driven against a registry mirror on loopback: dockerd (registry-mirrors),
 // containerd (`ctr images pull --hosts-dir`), podman (registries.conf mirror) and skopeo. Each one runs isolated in
-// its own temp dir (config, data, sockets, logs) and is stopped and removed afterwards; nothing here touches the
-// machine's own /var/lib/docker, /var/lib/containerd, /var/lib/containers storage or /etc configs.
+// its own temp dir (config, data, sockets, logs, TMPDIR) and is stopped and removed afterwards; the machine's
+// /var/lib/docker, /var/lib/containerd, /var/lib/containers/storage, /etc/docker/key.json and /run/containers are
+// left alone. (Not avoidable: dockerd creates /run/docker/plugins — removed again when it was not there before —
+// and podman/skopeo share the blob-info cache /var/lib/containers/cache/blob-info-cache-v1.boltdb.)
 //
 //   const dockerd = await startDockerd({ mirrorUrl: mirror.url, insecureRegistries: [mirror.host] });
 //   const r = await dockerd.pull('demo:v1');             // docker.io/library/demo:v1 → mirror /v2/library/demo/...
-//   r.code, r.stderr, r.daemonLog                         // the refusal reason of a mirror is in r.daemonLog (see below)
+//   r.code, r.stderr, r.endpointErrors, r.daemonLog       // a mirror's refusal reason is only in the daemon log
 //   await dockerd.stop();
 //
-// Facts the helpers encode (checked against docker 20.10, containerd 1.6, podman 4.3, skopeo 1.9):
+// Facts the helpers encode (checked against docker 20.10, containerd 1.6, podman 4.3, skopeo 1.9; see
+// test/peers/clients-smoke.test.ts):
 //  - dockerd uses `registry-mirrors` for docker.io names only. When the mirror fails (any error, 403 included) it
 //    falls back to registry-1.docker.io, which is unreachable here; the CLI then prints only the docker.io error.
-//    The mirror's answer is in the daemon log ("Attempting next endpoint ... after error: ..."), so `pull()`
-//    returns the slice of the daemon log written during the pull.
-//  - containerd resolves and fetches in the client: `ctr` prints the mirror's error itself. It appends
-//    `?ns=<upstream host>` to every request it sends to a mirror.
-//  - podman and skopeo print the mirror's error on stderr; podman asks the mirror for the tag without `ns`.
+//    The mirror's answer is in the daemon log (level=info "Attempting next endpoint for pull after error: …"),
+//    so `pull()` returns the slice of the daemon log written during the pull, parsed into `endpointErrors`.
+//  - containerd 1.6 resolves and fetches in the client (`ctr`), tries the hosts.toml mirror before `server`, and
+//    appends `?ns=<upstream host>` (percent-encoded) to every request. It resolves with HEAD and never reads an
+//    error body: a refusal shows up as "… failed with status code [manifests <tag>]: 403 Forbidden" only.
+//  - podman and skopeo print the mirror's error message on stderr; podman asks the mirror for the tag (GET, no
+//    HEAD, no `ns`) and then falls back to the registry itself ("Mirrors also failed: […]").
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
@@ -280,7 +285,16 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
 
   if (dockerdsRunning === 0 && runDockerCreatedHere === undefined) runDockerCreatedHere = !existsSync(RUN_DOCKER);
   const t0 = performance.now();
-  const proc = await startProcess({ name: 'dockerd', command: DOCKERD_BIN, args: ['--config-file', configFile], logFile });
+  // TMPDIR: the containerd dockerd supervises dumps its stacks to $TMPDIR/containerd.<pid>.stacks.log when dockerd
+  // kills it (SIGUSR1 first) after failed health checks — keep such files inside our dir
+  mkdirSync(join(dir, 'tmp'), { recursive: true });
+  const proc = await startProcess({
+    name: 'dockerd',
+    command: DOCKERD_BIN,
+    args: ['--config-file', configFile],
+    logFile,
+    env: { ...process.env, TMPDIR: join(dir, 'tmp') },
+  });
   dockerdsRunning++;
   let stopped: Promise<void> | undefined;
   let unregister = () => {};
@@ -290,6 +304,7 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
       await proc.stop(20_000);
       releaseRunDocker();
       if (ownDir) await removeDaemonDir(dir);
+      else await unmountUnder(dir); // dockerd bind-mounts its data-root onto itself
     })());
   unregister = onCleanup(stop);
   try {
@@ -510,7 +525,14 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
   const snapshotter = opts.snapshotter ?? 'native';
 
   const t0 = performance.now();
-  const proc = await startProcess({ name: 'containerd', command: CONTAINERD_BIN, args: ['--config', configFile], logFile });
+  mkdirSync(join(dir, 'tmp'), { recursive: true });
+  const proc = await startProcess({
+    name: 'containerd',
+    command: CONTAINERD_BIN,
+    args: ['--config', configFile],
+    logFile,
+    env: { ...process.env, TMPDIR: join(dir, 'tmp') }, // SIGUSR1 stack dumps go to $TMPDIR
+  });
   let stopped: Promise<void> | undefined;
   let unregister = () => {};
   const stop = () =>
@@ -518,6 +540,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       unregister();
       await proc.stop(10_000);
       if (ownDir) await removeDaemonDir(dir);
+      else await unmountUnder(dir);
     })());
   unregister = onCleanup(stop);
   const ctr = (args: readonly string[], o: PullOptions = {}) =>
@@ -690,7 +713,7 @@ export function podman(opts: PodmanOptions): Podman {
     delete e.DOCKER_HOST;
     return e;
   };
-  const run = (args: readonly string[], o: PullOptions = {}) =>
+  const podmanRun = (args: readonly string[], o: PullOptions = {}) =>
     timed(PODMAN_BIN, ['--root', join(dir, 'root'), '--runroot', join(dir, 'run'), '--storage-driver', 'vfs', ...args], { ...baseEnv(), ...o.env }, o.timeoutMs ?? DEFAULT_PULL_TIMEOUT_MS);
   let cleaned: Promise<void> | undefined;
   let unregister = () => {};
@@ -705,19 +728,19 @@ export function podman(opts: PodmanOptions): Podman {
     registriesConf,
     storageConf,
     env,
-    podman: run,
-    pull: (ref, o) => run(['pull', ref], o),
+    podman: podmanRun,
+    pull: (ref, o) => podmanRun(['pull', ref], o),
     async imageDigest(ref) {
-      const r = await run(['image', 'inspect', '--format', '{{.Digest}}', ref], { timeoutMs: 30_000 });
+      const r = await podmanRun(['image', 'inspect', '--format', '{{.Digest}}', ref], { timeoutMs: 30_000 });
       return r.code === 0 && r.stdout.trim() ? r.stdout.trim() : undefined;
     },
     async repoDigests(ref) {
-      const r = await run(['image', 'inspect', '--format', '{{json .RepoDigests}}', ref], { timeoutMs: 30_000 });
+      const r = await podmanRun(['image', 'inspect', '--format', '{{json .RepoDigests}}', ref], { timeoutMs: 30_000 });
       if (r.code !== 0) return [];
       return (JSON.parse(r.stdout.trim() || '[]') as string[] | null) ?? [];
     },
     async removeImage(ref) {
-      await run(['image', 'rm', '-f', ref], { timeoutMs: 60_000 });
+      await podmanRun(['image', 'rm', '-f', ref], { timeoutMs: 60_000 });
     },
     cleanup,
   };
@@ -810,6 +833,8 @@ export interface RegistryRequest {
   /** Path without the query. */
   readonly path: string;
   readonly query: string;
+  /** The decoded `ns` query parameter containerd adds for mirrors (`docker.io`, `127.0.0.1:5000`), if any. */
+  readonly ns: string | undefined;
   readonly status: number;
   readonly bytes: number;
   readonly userAgent: string;
@@ -828,6 +853,12 @@ export interface RequestLog {
   blobGets(mark?: number): RegistryRequest[];
   /** GET/HEAD `…/manifests/<ref>` logged after `mark`. */
   manifestRequests(mark?: number): RegistryRequest[];
+  /**
+   * Waits until the log has not grown for `quietMs` (default 300) and returns `mark()`. Use it before a "no
+   * upstream request" assertion: a proxy may still be filling its cache (a second upstream GET) after the client
+   * that triggered it has finished.
+   */
+  settle(quietMs?: number, timeoutMs?: number): Promise<number>;
 }
 
 // distribution 2.8 writes, besides its logrus lines, one Apache combined-log line per request (after the response):
@@ -857,6 +888,7 @@ export function parseRegistryLog(text: string): RegistryRequest[] {
       uri,
       path,
       query: q < 0 ? '' : uri.slice(q + 1),
+      ns: q < 0 ? undefined : (new URLSearchParams(uri.slice(q + 1)).get('ns') ?? undefined),
       status: Number(m[4]),
       bytes: m[5] === '-' ? 0 : Number(m[5]),
       userAgent: m[6]!,
@@ -881,5 +913,19 @@ export function upstreamRequestLog(registry: { readonly logFile: string } | stri
     since,
     blobGets: (mark) => since(mark).filter((r) => r.kind === 'blob' && r.method === 'GET'),
     manifestRequests: (mark) => since(mark).filter((r) => r.kind === 'manifest' && (r.method === 'GET' || r.method === 'HEAD')),
+    async settle(quietMs = 300, timeoutMs = 10_000) {
+      const deadline = Date.now() + timeoutMs;
+      let size = fileSize(file);
+      let since = Date.now();
+      for (;;) {
+        await new Promise((r) => setTimeout(r, 50));
+        const now = fileSize(file);
+        if (now !== size) {
+          size = now;
+          since = Date.now();
+        } else if (Date.now() - since >= quietMs) return now;
+        if (Date.now() > deadline) throw new Error(`${file}: still growing after ${timeoutMs} ms`);
+      }
+    },
   };
 }

@@ -97,7 +97,7 @@ describe('docker (registry-mirrors: docker.io names only)', () => {
 
     await dockerd.removeImage('demo:v1');
     expect(await dockerd.imageDigest('demo:v1')).toBeUndefined();
-    const up2 = upLog.mark();
+    const up2 = await upLog.settle(); // the proxy may still be filling its cache from the first pull
     const px2 = proxyLog.mark();
     const again = await dockerd.pull('demo:v1');
     expect(again.code, again.combined).toBe(0);
@@ -129,7 +129,7 @@ describe('containerd (ctr images pull --hosts-dir)', () => {
     expect(await containerd.imageDigest('docker.io/library/demo:v1')).toBe(images.v1.digest);
     const seen = proxyLog.since(px);
     expect(seen.length).toBeGreaterThan(0);
-    expect(seen.every((x) => x.query === 'ns=docker.io' && x.userAgent.startsWith('containerd/'))).toBe(true);
+    expect(seen.every((x) => x.ns === 'docker.io' && x.query === 'ns=docker.io' && x.userAgent.startsWith('containerd/'))).toBe(true);
     expect(seen.find((x) => x.kind === 'manifest')).toMatchObject({ method: 'HEAD', reference: 'v1' });
     expect(proxyLog.blobGets(px)).toHaveLength(2);
 
@@ -153,6 +153,20 @@ describe('containerd (ctr images pull --hosts-dir)', () => {
     expect(refs).toContain(platformDigest('amd64'));
     expect(refs).not.toContain(platformDigest('arm64'));
     expect(r.stdout).toContain(`unpacking linux/amd64 ${images.multi.digest}`);
+  });
+
+  it('mirrors a non-docker.io registry too (ns=<that host>)', async () => {
+    const dir = makeTempDir('pc-smoke-hosts-up');
+    writeHostsToml(dir, upstream.host, proxy.url);
+    const px = proxyLog.mark();
+    const ref = `${upstream.host}/library/demo:v1-oci`;
+    const r = await containerd.pull(ref, { hostsDir: dir });
+    expect(r.code, r.combined).toBe(0);
+    expect(await containerd.imageDigest(ref)).toBe(images['v1-oci'].digest);
+    const seen = proxyLog.since(px);
+    expect(seen.length).toBeGreaterThan(0);
+    // the port's colon is percent-encoded: ?ns=127.0.0.1%3A<port>
+    expect(seen.every((x) => x.query === `ns=${encodeURIComponent(upstream.host)}` && x.ns === upstream.host)).toBe(true);
   });
 });
 
@@ -187,6 +201,20 @@ describe('podman (registries.conf mirror)', () => {
     );
     const arch = await p.podman(['image', 'inspect', '--format', '{{.Architecture}}', 'docker.io/library/demo:multi']);
     expect(arch.stdout.trim()).toBe('amd64');
+  });
+
+  it('mirrors a non-docker.io registry listed in `registries`', async () => {
+    const p2 = podman({ mirrorHost: proxy.url, registries: ['docker.io', upstream.host] });
+    try {
+      const px = proxyLog.mark();
+      const ref = `${upstream.host}/library/demo:v1-oci`;
+      const r = await p2.pull(ref);
+      expect(r.code, r.stderr).toBe(0);
+      expect(await p2.imageDigest(ref)).toBe(images['v1-oci'].digest);
+      expect(proxyLog.manifestRequests(px).map((x) => `${x.method} ${x.reference}`)).toEqual(['GET v1-oci']);
+    } finally {
+      await p2.cleanup();
+    }
   });
 });
 
