@@ -62,6 +62,15 @@ describe('TUF path patterns (globMatch)', () => {
     ['[!ab].dat', 'c.dat', true],
     ['[!ab].dat', 'a.dat', false],
     ['[a-c]x', 'bx', true],
+    // sets read as Python's fnmatch reads them (python-tuf): "^" is a member, not a negation
+    ['[^a]', 'b', false],
+    ['[^a]', '^', true],
+    ['[]a]', ']', true], // "]" first in a set is a member
+    ['[!]a]x', 'bx', true],
+    ['[!]a]x', ']x', false],
+    ['[[]', '[', true],
+    ['[\\]', '\\', true], // one backslash in the set, one in the name
+    ['[ab', '[ab', true], // an unclosed "[" is literal
     ['[a-c]x', 'dx', false],
     ['a.b', 'axb', false], // regex metacharacters are literal
     ['a+b(c)', 'a+b(c)', true],
