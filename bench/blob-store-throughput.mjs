@@ -6,7 +6,8 @@
 // used when present, as a client that costs next to nothing.
 
 import { randomFillSync } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
@@ -172,8 +173,10 @@ function report(label, bytes, ns) {
   console.log(`${label}: ${(bytes / Number(ns)).toFixed(2)} GB/s (${(Number(ns) / 1e6).toFixed(0)} ms for ${bytes / MiB} MiB)`);
 }
 
-function curlClient(url) {
-  execFileSync('curl', ['-s', '-o', '/dev/null', '--fail', url]);
+// Async: the server lives in this process, a synchronous exec would block it.
+const execFileAsync = promisify(execFile);
+async function curlClient(url) {
+  await execFileAsync('curl', ['-s', '-o', '/dev/null', '--fail', url]);
 }
 
 function nodeClient(url, parallel) {

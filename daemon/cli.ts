@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { homedir } from 'node:os';
 import { FileMetadataStore } from '../cache/file-metadata-store.js';
 import { LmdbMetadataStore } from '../cache/lmdb-metadata-store.js';
-import { systemClock } from '../trust/clock.js';
+import { systemClock, type Clock } from '../trust/clock.js';
 import { TrustError } from '../trust/errors.js';
 import { HttpFetcher } from '../trust/http-fetcher.js';
 import { inspectRepository, listTargets, type TrustInspection } from '../trust/inspect.js';
@@ -45,7 +45,7 @@ interface NotaryOptions {
   offline?: boolean;
 }
 
-async function withNotaryUpdater<T>(ref: string, o: NotaryOptions, f: (u: Updater, gun: string, tag: string | undefined) => Promise<T>): Promise<T> {
+async function withNotaryUpdater<T>(ref: string, o: NotaryOptions, clock: Clock, f: (u: Updater, gun: string, tag: string | undefined) => Promise<T>): Promise<T> {
   const r = parseImageReference(ref);
   const gun = r.repository;
   const server = o.server ?? process.env['DOCKER_CONTENT_TRUST_SERVER'] ?? process.env['NOTARY_SERVER'];
@@ -56,7 +56,7 @@ async function withNotaryUpdater<T>(ref: string, o: NotaryOptions, f: (u: Update
   const client = server ? new NotaryClient({ baseUrl: server, ca: o.tlscacert ? readFileSync(o.tlscacert) : undefined }) : undefined;
   try {
     const fetcher = client ? notaryFetcher(client, gun) : { fetch: async () => { throw new TrustError('TRUST_UNAVAILABLE', 'offline'); } };
-    const u = new Updater({ dialect: 'notary', namespace: gun, gun, store, fetcher, clock: systemClock });
+    const u = new Updater({ dialect: 'notary', namespace: gun, gun, store, fetcher, clock });
     if (!o.offline) await u.refresh();
     return await f(u, gun, r.tag);
   } finally {
@@ -114,42 +114,42 @@ function tufDialect(o: TufOptions): 'tuf' | 'notary' {
   return d;
 }
 
-async function tufUpdater(o: TufOptions): Promise<{ u: Updater; store: FileMetadataStore; close(): Promise<void> }> {
+async function tufUpdater(o: TufOptions, clock: Clock): Promise<{ u: Updater; store: FileMetadataStore; close(): Promise<void> }> {
   if (!o.metadataDir) throw new Error('--metadata-dir is required');
   if (!o.metadataUrl) throw new Error('--metadata-url is required');
   const dialect = tufDialect(o);
   const store = await FileMetadataStore.open(o.metadataDir, { versionOf: (_n, b) => versionOfDocument(b) });
-  const http = new HttpFetcher({ baseUrl: o.metadataUrl.replace(/\/?$/, '/') });
+  const http = new HttpFetcher({ baseUrl: o.metadataUrl.replace(/\/+$/, '') });
   const u = new Updater({
     dialect,
-    namespace: '',
+    namespace: 'tuf',
     store,
-    fetcher: { fetch: (name, max) => http.get(name.split('/').map(encodeURIComponent).join('/'), max) },
-    clock: systemClock,
+    fetcher: { fetch: (name, max) => http.get('/' + name.split('/').map(encodeURIComponent).join('/'), max) },
+    clock,
   });
   return { u, store, close: async () => { await http.close(); await store.close(); } };
 }
 
-async function tufInit(rootFile: string, o: TufOptions): Promise<void> {
+async function tufInit(rootFile: string, o: TufOptions, clock: Clock): Promise<void> {
   if (!o.metadataDir) throw new Error('--metadata-dir is required');
   const dialect = tufDialect(o);
   const bytes = readFileSync(rootFile);
   // Refuse to pin a root that does not even sign itself.
   const { TrustedSet } = await import('../trust/trusted-set.js');
-  const set = TrustedSet.fromRoot(bytes, { dialect }, systemClock());
+  const set = TrustedSet.fromRoot(bytes, { dialect }, clock());
   const store = await FileMetadataStore.open(o.metadataDir, { versionOf: (_n, b) => versionOfDocument(b) });
   try {
-    await store.commit('', set.takeChange());
+    await store.commit('tuf', set.takeChange());
   } finally {
     await store.close();
   }
 }
 
-async function tufDownload(o: TufOptions & { targetName: string[]; targetBaseUrl?: string; targetDir?: string }): Promise<void> {
+async function tufDownload(o: TufOptions & { targetName: string[]; targetBaseUrl?: string; targetDir?: string }, clock: Clock): Promise<void> {
   if (!o.targetBaseUrl) throw new Error('--target-base-url is required');
   if (!o.targetDir) throw new Error('--target-dir is required');
-  const t = await tufUpdater(o);
-  const http = new HttpFetcher({ baseUrl: o.targetBaseUrl.replace(/\/?$/, '/') });
+  const t = await tufUpdater(o, clock);
+  const http = new HttpFetcher({ baseUrl: o.targetBaseUrl.replace(/\/+$/, '') });
   try {
     const set = await t.u.refresh();
     for (const name of o.targetName) {
@@ -171,7 +171,7 @@ async function tufDownload(o: TufOptions & { targetName: string[]; targetBaseUrl
         const slash = name.lastIndexOf('/');
         remote = `${name.slice(0, slash + 1)}${hash.toString('hex')}.${name.slice(slash + 1)}`;
       }
-      const bytes = await http.get(remote.split('/').map(encodeURIComponent).join('/'), Math.min(found.target.length, defaultTrustLimits.targetMaxBytes));
+      const bytes = await http.get('/' + remote.split('/').map(encodeURIComponent).join('/'), Math.min(found.target.length, defaultTrustLimits.targetMaxBytes));
       if (bytes === null) throw new TrustError('NO_TRUST_DATA', `target ${name} is not on the server`);
       checkLengthAndHashes(bytes, found.target.length, found.target.hashes, name);
       mkdirSync(o.targetDir, { recursive: true });
@@ -185,7 +185,7 @@ async function tufDownload(o: TufOptions & { targetName: string[]; targetBaseUrl
 
 // ---------------------------------------------------------------- program
 
-export function buildProgram(io: Io): Command {
+export function buildProgram(io: Io, clock: Clock = systemClock): Command {
   const program = new Command('portcullis')
     .description('A pull-through registry mirror that refuses to serve what is not signed.')
     .exitOverride()
@@ -229,13 +229,13 @@ export function buildProgram(io: Io): Command {
     .option('--json', 'JSON output, as `docker trust inspect`')
     .option('--pretty', 'human-readable output (the default)')
     .action(async (ref: string, o: NotaryOptions & { json?: boolean }) => {
-      const t = await withNotaryUpdater(ref, o, (u, gun, tag) => inspectRepository(u, gun, tag, { offline: o.offline }));
+      const t = await withNotaryUpdater(ref, o, clock, (u, gun, tag) => inspectRepository(u, gun, tag, { offline: o.offline }));
       io.out(o.json ? JSON.stringify([t], null, 4) + '\n' : formatPretty(t));
     });
   notaryOpts(trust.command('list <gun>').description('every target and the role that signs it, as `notary list`'))
     .option('--json', 'JSON output')
     .action(async (ref: string, o: NotaryOptions & { json?: boolean }) => {
-      const rows = await withNotaryUpdater(ref, o, (u) => listTargets(u, { offline: o.offline }));
+      const rows = await withNotaryUpdater(ref, o, clock, (u) => listTargets(u, { offline: o.offline }));
       if (o.json) {
         io.out(JSON.stringify(rows, null, 2) + '\n');
         return;
@@ -257,10 +257,10 @@ export function buildProgram(io: Io): Command {
     .option('--metadata-url <url>', 'base URL of the repository metadata')
     .option('--dialect <d>', 'tuf (TUF 1.0) or notary (Notary v1 layout)', 'tuf');
   tuf.command('init <root>').description('trust this root.json from now on').action(async (root: string) => {
-    await tufInit(root, tuf.opts());
+    await tufInit(root, tuf.opts(), clock);
   });
   tuf.command('refresh').description('update the trusted metadata from --metadata-url').action(async () => {
-    const t = await tufUpdater(tuf.opts());
+    const t = await tufUpdater(tuf.opts(), clock);
     try {
       await t.u.refresh();
     } finally {
@@ -274,14 +274,14 @@ export function buildProgram(io: Io): Command {
     .option('--target-base-url <url>', 'base URL of the targets')
     .option('--target-dir <dir>', 'where to store verified targets')
     .action(async (o: { targetName: string[]; targetBaseUrl?: string; targetDir?: string }) => {
-      await tufDownload({ ...tuf.opts(), ...o });
+      await tufDownload({ ...tuf.opts(), ...o }, clock);
     });
 
   return program;
 }
 
-export async function main(argv: string[], io: Io = stdio): Promise<number> {
-  const program = buildProgram(io);
+export async function main(argv: string[], io: Io = stdio, clock: Clock = systemClock): Promise<number> {
+  const program = buildProgram(io, clock);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return 0;

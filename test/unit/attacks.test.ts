@@ -241,6 +241,14 @@ describe.each<Dialect>(['notary', 'tuf'])('attacks on a %s repository', (dialect
       expectStoreUnchanged(s.store, before);
     });
 
+    it('expired snapshot: the clock passes the snapshot expiry (the timestamp is still fresh)', async () => {
+      const s = await setup(dialect, { configure: (b) => { b.setExpiry('snapshot', 2 * HOUR); b.setExpiry('timestamp', 5 * HOUR); } });
+      const before = baseline(s.store);
+      s.b.advance(3 * HOUR);
+      await refused(client(s, restart).refresh(), 'EXPIRED', 'snapshot');
+      expectStoreUnchanged(s.store, before);
+    });
+
     it('expired targets: the clock passes the targets expiry', async () => {
       const s = await setup(dialect, { configure: (b) => b.setExpiry('targets', 2 * HOUR) });
       const before = baseline(s.store);
@@ -373,6 +381,18 @@ describe.each<Dialect>(['notary', 'tuf'])('attacks on a %s repository', (dialect
     // and a stream that never ends (the fetcher stops one byte past the limit)
     s.b.serveOverride('timestamp.json', Buffer.alloc(64 * 1024 * 1024, 0x20));
     await refused(s.u.refresh(), 'ENDLESS_DATA', 'timestamp');
+    expectStoreUnchanged(s.store, before);
+  });
+
+  it('endless data: an oversize next root', async () => {
+    const s = await setup(dialect);
+    const before = baseline(s.store);
+    const big = s.b.resign('root', (r) => {
+      r['version'] = 2;
+      r['x-padding'] = 'x'.repeat(defaultTrustLimits.rootMaxBytes);
+    });
+    s.b.serveOverride('2.root.json', big);
+    await refused(s.u.refresh(), 'ENDLESS_DATA');
     expectStoreUnchanged(s.store, before);
   });
 
