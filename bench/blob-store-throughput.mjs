@@ -174,9 +174,8 @@ function report(label, bytes, ns) {
 }
 
 // Async: the server lives in this process, a synchronous exec would block it.
-const execFileAsync = promisify(execFile);
-async function curlClient(url) {
-  await execFileAsync('curl', ['-s', '-o', '/dev/null', '--fail', url]);
+function curlClient(url) {
+  return promisify(execFile)('curl', ['-s', '-o', '/dev/null', '--fail', url]);
 }
 
 function nodeClient(url, parallel) {
