@@ -215,7 +215,8 @@ export class Policy {
         const rule = checked[i]!;
         // The literal text before the first wildcard: a cheap startsWith() skips most rules before any regex runs.
         const star = rule.match.indexOf('*');
-        const prefix = star < 0 ? rule.match : rule.match.slice(0, star);
+        // Without its trailing "/": "a/b/**" also matches "a/b" itself (picomatch's globstar matches zero segments).
+        const prefix = star < 0 ? rule.match : rule.match.slice(0, star).replace(/\/$/, '');
         return Object.freeze({ prefix, re: picomatch.makeRe(rule.match, { dot: true, windows: false }), rule });
       }),
     );

@@ -231,3 +231,12 @@ describe('Policy.match properties', () => {
     );
   });
 });
+
+describe('globstar at the end', () => {
+  it('"a/b/**" matches the repository "a/b" itself, as picomatch does (the prefix shortcut must not skip it)', () => {
+    const p = new Policy([{ match: 'b/x.y/**', trust: 'none' }, { match: '**', trust: 'deny' }]);
+    expect(p.match('b/x.y').index).toBe(0);
+    expect(p.match('b/x.y/z').index).toBe(0);
+    expect(p.match('b/x.yz').index).toBe(1);
+  });
+});
