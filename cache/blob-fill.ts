@@ -1,8 +1,8 @@
 // Pull-through fills: one upstream fetch per digest, however many clients ask, fanned out to every client.
 //
-// Per digest at most one Fill runs (the map is per BlobFill instance, i.e. per store). A Fill first looks in
-// the store; if the blob is there every subscriber reads the stored file. Otherwise it calls openUpstream once
-// and pumps the body into a BlobWriter at upstream speed, while subscribers read:
+// Per digest at most one Fill runs. A Fill first looks in the store; if the blob is there every subscriber
+// reads the stored file. Otherwise it calls openUpstream once and pumps the body into a BlobWriter at upstream
+// speed, while subscribers read:
 //
 //   - from memory: the most recent bytes (memoryWindowBytes) are kept as the chunks that arrived, so clients
 //     that keep up get them without a copy or a disk read;
@@ -23,7 +23,11 @@
 // response with Content-Length can never look complete before verification. Any failure (digest or size
 // mismatch, upstream error, I/O error) destroys every subscriber with that error and nothing is stored.
 //
-// A client that disconnects only detaches its own stream; the fill carries on for the others and the cache.
+// A client that disconnects only detaches its own stream; the fill carries on for the others and the cache,
+// even when every client left (the bytes are already paid for). A stalled upstream stalls the fill: give the
+// upstream body its own timeout (e.g. undici's bodyTimeout), its error then fails the fill like any other.
+//
+// Use one BlobFill per BlobStore: the single-flight map lives in the BlobFill instance.
 
 import * as fsp from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
@@ -81,7 +85,7 @@ export interface FillSnapshot {
   readonly subscribers: number;
 }
 
-type FillState = 'starting' | 'filling' | 'committed' | 'failed';
+export type FillState = 'starting' | 'filling' | 'committed' | 'failed';
 
 const MiB = 1024 * 1024;
 
@@ -95,15 +99,25 @@ function toBuffer(chunk: Uint8Array | string): Buffer {
   return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 }
 
-function destroyBody(body: unknown, err: Error): void {
-  const d = (body as { destroy?: (e?: Error) => void } | null)?.destroy;
+/** Closes an upstream body we stop reading (without an error: nobody may be listening for one any more). */
+function destroyBody(body: unknown): void {
+  const d = (body as { destroy?: () => void } | null)?.destroy;
   if (typeof d === 'function') {
     try {
-      d.call(body, err);
+      d.call(body);
     } catch {
       /* already gone */
     }
   }
+}
+
+/**
+ * An upstream Readable that errors while nobody iterates it (between chunks we await the disk, or after we
+ * stopped) would otherwise crash the process with an unhandled 'error'. The iterator still sees the error.
+ */
+function guardErrors(body: unknown): void {
+  const on = (body as { on?: (ev: string, fn: () => void) => void } | null)?.on;
+  if (typeof on === 'function') on.call(body, 'error', () => {});
 }
 
 function checkSize(expectedSize: number | undefined): void {
@@ -234,21 +248,17 @@ class Fill {
       return;
     }
 
-    // 2. Fetch once.
-    let body: UpstreamBody;
-    try {
-      body = await this.openUpstream();
-    } catch (e) {
-      this.fail(asError(e));
-      return;
-    }
-    this.state = 'filling';
-    this.resolveReady({ size: this.expectedSize, cached: false });
-
+    // 2. Fetch once. The temp file is ready before the upstream is opened, so the body is iterated (and its
+    //    errors listened to) from the moment it exists.
     const writer = this.store.createWriter(this.digest, this.expectedSize);
+    let body: UpstreamBody | undefined;
     try {
       await writer.open();
       this.readFh = await fsp.open(writer.tempPath, 'r');
+      body = await this.openUpstream();
+      guardErrors(body);
+      this.state = 'filling';
+      this.resolveReady({ size: this.expectedSize, cached: false });
       const onWritten = (): void => {
         this.written = writer.bytesWritten;
         this.trim();
@@ -268,10 +278,9 @@ class Fill {
       this.state = 'committed';
       this.settle({ digest: this.digest, size: result.size, fetched: true });
     } catch (e) {
-      const err = asError(e);
-      destroyBody(body, err);
+      if (body !== undefined) destroyBody(body);
       await writer.cancel().catch(() => {});
-      this.fail(err);
+      this.fail(asError(e));
     }
   }
 

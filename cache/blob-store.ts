@@ -449,6 +449,7 @@ export class BlobWriter {
   private queuedBytes = 0;
   private pumping: Promise<void> | undefined;
   private error: Error | undefined;
+  private committing: Promise<CommitResult> | undefined;
 
   constructor(
     private readonly store: BlobStore,
@@ -550,9 +551,14 @@ export class BlobWriter {
    * Checks size and digest; on a match fsyncs and renames into place (a no-op success when the blob is already
    * stored). On a mismatch throws BlobSizeMismatch / BlobDigestMismatch and deletes the temp file.
    */
-  async commit(): Promise<CommitResult> {
-    if (this.state !== 'open') throw new BlobWriterStateError(`commit after ${this.state}`);
+  commit(): Promise<CommitResult> {
+    if (this.state !== 'open') return handled(Promise.reject(new BlobWriterStateError(`commit after ${this.state}`)));
     this.state = 'committing';
+    this.committing = this.doCommit();
+    return this.committing;
+  }
+
+  private async doCommit(): Promise<CommitResult> {
     try {
       await this.open();
       await this.flush();
@@ -580,8 +586,15 @@ export class BlobWriter {
     }
   }
 
-  /** Abandons the blob and deletes the temp file. Safe to call at any time, also after a failed commit. */
+  /**
+   * Abandons the blob and deletes the temp file. Safe to call at any time, also after a failed commit; while a
+   * commit runs it waits for it (a blob that made it into place stays there).
+   */
   async cancel(): Promise<void> {
+    if (this.state === 'committing') {
+      await this.committing?.catch(() => {});
+      return;
+    }
     if (this.state === 'committed' || this.state === 'cancelled') return;
     if (this.state === 'open') this.state = 'cancelled';
     this.error ??= new BlobWriterStateError('writer cancelled');

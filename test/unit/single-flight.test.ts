@@ -387,13 +387,29 @@ describe('BlobFill', () => {
     const hs = [fills.fill(d, undefined, () => up), fills.fill(d, undefined, () => up)];
     const rs = hs.map((h) => collect(h.stream));
     up.write(data.subarray(0, 100_000));
-    await sleep(5);
+    await until(() => (fills.snapshot(d)?.received ?? 0) === 100_000, 'first bytes received');
     up.destroy(new Error('connection reset'));
     for (const r of await Promise.all(rs)) {
       expect(r.ended).toBe(false);
       expect(r.error?.message).toBe('connection reset');
     }
     await expect(hs[0]!.done).rejects.toThrow('connection reset');
+    await nothingStored(d);
+  });
+
+  it('an upstream that errors while the fill waits for the disk does not crash the process', async () => {
+    const fills = new BlobFill(store, { maxUnwrittenBytes: 0 });
+    const data = randomBytes(300_000);
+    const d = sha256Digest(data);
+    const up = new PassThrough();
+    const h = fills.fill(d, undefined, () => up);
+    const r = collect(h.stream);
+    up.write(data);
+    // Errors before the fill ever iterates, too: destroy right after the upstream was handed over.
+    await h.ready;
+    up.destroy(new Error('reset while writing'));
+    const got = await r;
+    expect(got.error?.message).toBe('reset while writing');
     await nothingStored(d);
   });
 
