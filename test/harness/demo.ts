@@ -5,6 +5,10 @@
 // stdout starts with exactly three lines a script can read (MIRROR=, SIGNED=, UNSIGNED=), then commands to try.
 // Progress goes to stderr; the mirror's log goes to <lab dir>/portcullis.log.
 //
+// package.json runs it as `exec node --import tsx test/harness/demo.ts`: `exec` so that npm's sh is replaced and a
+// signal npm forwards reaches this process; `node --import tsx` rather than the `tsx` command, whose wrapper process
+// re-sends a signal it thinks was missed and SIGKILLs the child 60 ms later, i.e. in the middle of stopping.
+//
 // The refs use the Docker-mirror addressing (`<mirror>/library/demo:tag`, upstream `docker.io`, which the lab
 // serves from its registry and signs as docker.io/library/demo): the explicit-prefix form
 // `<mirror>/<registry host>/library/demo` cannot be written as an image reference, as the lab registry's host
