@@ -79,6 +79,11 @@ export interface UpstreamConfig {
   readonly ca?: string;
   readonly auth?: UpstreamAuth;
   readonly notary?: NotaryConfig;
+  /**
+   * Other hosts this upstream may send the daemon to: its Bearer token realm and the storage its blob redirects
+   * point at (Docker Hub: auth.docker.io, production.cloudflare.docker.com). Nothing else is ever contacted.
+   */
+  readonly allowedHosts: readonly string[];
 }
 
 /** A policy rule exactly as trust/policy.ts takes it: `new Policy(config.policy)`. */
@@ -418,7 +423,7 @@ class Checker {
   }
 
   upstream(host: string, key: Node, value: Node | null, p: string): UpstreamConfig | undefined {
-    const entries = this.map(value, p, ['url', 'ca', 'auth', 'notary'], key);
+    const entries = this.map(value, p, ['url', 'ca', 'auth', 'notary', 'allowedHosts'], key);
     if (entries === undefined) return undefined;
     let ok = true;
     let url: string | undefined;
@@ -440,7 +445,26 @@ class Checker {
       this.missing(entries, p, 'url', value ?? key);
       ok = false;
     }
-    const out: { host: string; url: string; ca?: string; auth?: UpstreamAuth; notary?: NotaryConfig } = { host, url: url ?? '' };
+    const out: { host: string; url: string; ca?: string; auth?: UpstreamAuth; notary?: NotaryConfig; allowedHosts: readonly string[] } = { host, url: url ?? '', allowedHosts: Object.freeze([]) };
+    const allowedEntry = entries.get('allowedHosts');
+    if (allowedEntry !== undefined) {
+      const seq = allowedEntry.value;
+      if (!isSeq(seq)) {
+        this.error(allowedEntry.path, allowedEntry.value, 'must be a list of hosts (hostname or hostname:port)');
+        ok = false;
+      } else {
+        const hosts: string[] = [];
+        seq.items.forEach((item, i) => {
+          const v = isScalar(item) ? item.value : undefined;
+          const m = typeof v === 'string' ? /^([^:]+)(?::([0-9]{1,5}))?$/.exec(v) : null;
+          if (m === null || !(isIPv4(m[1]!) || HOSTNAME.test(m[1]!))) {
+            this.error(`${allowedEntry.path}[${i}]`, item as Node, `must be a hostname or hostname:port (got ${JSON.stringify(v)})`);
+            ok = false;
+          } else hosts.push((v as string).toLowerCase());
+        });
+        out.allowedHosts = Object.freeze(hosts);
+      }
+    }
     const caEntry = entries.get('ca');
     if (caEntry !== undefined) {
       const ca = this.file(caEntry);

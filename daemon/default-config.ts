@@ -17,6 +17,9 @@ upstreams:
   # Portcullis ships no Notary default for it. Add a notary block for a registry whose Notary server you run.
   docker.io:
     url: https://registry-1.docker.io
+    # Docker Hub hands out tokens from auth.docker.io and redirects blob downloads to its CDN. These are the
+    # only other hosts the daemon may contact for docker.io; a redirect anywhere else is refused.
+    allowedHosts: [auth.docker.io, production.cloudflare.docker.com]
 
 policy:
   # Deny by default: with no trust source configured, nothing unsigned (and so nothing at all) is served.

@@ -49,7 +49,7 @@ export async function startDaemon(config: Config, o: { log?: Logger; clock?: Clo
   const notary = new Map<string, NotaryUpstream>();
   for (const [host, u] of config.upstreams) {
     const auth = authOf(u);
-    upstreams.set(host, new RegistryClient({ host, url: u.url, ...(u.ca ? { ca: readFileSync(u.ca) } : {}), ...(auth ? { auth } : {}) }));
+    upstreams.set(host, new RegistryClient({ host, url: u.url, allowedHosts: u.allowedHosts, ...(u.ca ? { ca: readFileSync(u.ca) } : {}), ...(auth ? { auth } : {}) }));
     if (u.notary) {
       notary.set(host, {
         client: new NotaryClient({ baseUrl: u.notary.url, ...(u.notary.ca ? { ca: readFileSync(u.notary.ca) } : {}), ...(auth ? { auth } : {}) }),

@@ -35,7 +35,7 @@ describe('the embedded default', () => {
     const c = parseConfig(DEFAULT_CONFIG_YAML, DEFAULT_CONFIG_SOURCE, { env });
     expect(c.listen).toEqual({ host: '127.0.0.1', port: 5050 });
     expect([...c.upstreams.keys()]).toEqual(['docker.io']);
-    expect(c.upstreams.get('docker.io')).toEqual({ host: 'docker.io', url: 'https://registry-1.docker.io' });
+    expect(c.upstreams.get('docker.io')).toEqual({ host: 'docker.io', url: 'https://registry-1.docker.io', allowedHosts: ['auth.docker.io', 'production.cloudflare.docker.com'] });
     expect(c.policy).toEqual([{ match: '**', trust: 'deny' }]);
     expect(c.offline.maxStalenessMs).toBe(0);
     expect(c.logging.level).toBe('info');
@@ -104,6 +104,7 @@ limits: { manifestMaxBytes: 1048576, maxDelegations: 8 }
       host: '127.0.0.1:5000',
       url: 'http://127.0.0.1:5000',
       notary: { url: 'http://127.0.0.1:4443', gunPrefix: '127.0.0.1:5000/', insecure: true },
+      allowedHosts: [],
     });
     expect(c.upstreams.get('registry.example.com')).toEqual({
       host: 'registry.example.com',
@@ -111,6 +112,7 @@ limits: { manifestMaxBytes: 1048576, maxDelegations: 8 }
       ca: '/etc/portcullis/certs/registry-ca.pem',
       auth: { kind: 'password-file', username: 'robot', passwordFile: '/etc/secrets/pw' },
       notary: { url: 'https://notary.example.com:4443', ca: '/etc/ssl/notary-ca.pem', gunPrefix: 'example/', insecure: false },
+      allowedHosts: [],
     });
     expect(c.policy).toEqual([
       { match: 'registry.example.com/team/**', trust: { formats: ['notary'] }, signers: ['targets/releases', 'targets/qa'], threshold: 2 },
@@ -358,5 +360,26 @@ describe('warnings', () => {
       ['upstreams["reg.example.com"].auth.password', 5],
     ]);
     expect(c.upstreams.get('reg.example.com')?.auth).toEqual({ kind: 'password', username: 'u', password: 'secret' });
+  });
+});
+
+describe('upstream allowedHosts (the only other hosts an upstream may send the daemon to)', () => {
+  const base = (extra: string) => `listen: 127.0.0.1:5050\nstateDir: /tmp/x\nupstreams:\n  docker.io:\n    url: https://registry-1.docker.io\n${extra}policy:\n  - { match: "**", trust: deny }\n`;
+  it('the embedded default names Docker Hub token and CDN hosts, and nothing else', () => {
+    const c = parseConfig(DEFAULT_CONFIG_YAML, DEFAULT_CONFIG_SOURCE, { env: {} , homeDir: '/home/x' });
+    expect(c.upstreams.get('docker.io')!.allowedHosts).toEqual(['auth.docker.io', 'production.cloudflare.docker.com']);
+  });
+  it('defaults to none', () => {
+    expect(parseConfig(base(''), 'c.yaml', { env: {} }).upstreams.get('docker.io')!.allowedHosts).toEqual([]);
+  });
+  it('a URL or a path is not a host: refused with key path and line', () => {
+    let err: unknown;
+    try {
+      parseConfig(base('    allowedHosts: [auth.docker.io, "https://evil.example/x"]\n'), 'c.yaml', { env: {} });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).message).toMatch(/c\.yaml:6:\d+: upstreams.*allowedHosts\[1\]: must be a hostname/);
   });
 });
