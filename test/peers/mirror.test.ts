@@ -152,6 +152,19 @@ describe('hostile requests get 4xx and contact no host', () => {
   });
 });
 
+describe('tags/list and the base endpoint', () => {
+  it('GET /v2/ answers with the API version header and no upstream call; tags/list is forwarded for allowed repos', async () => {
+    const b = await get('/v2/');
+    expect(b.status).toBe(200);
+    expect(b.headers['docker-distribution-api-version']).toBe('registry/2.0');
+    const t = await get(`/v2/${lab.registryHost}/library/demo/tags/list`);
+    expect(t.status).toBe(200);
+    expect(t.json().tags).toEqual(expect.arrayContaining(['v1', 'v2', 'multi']));
+    const denied = await get('/v2/otherteam/app/tags/list');
+    expect(denied.status).toBe(403);
+  });
+});
+
 describe('health', () => {
   it('/healthz and /readyz answer', async () => {
     expect((await get('/healthz')).status).toBe(200);
