@@ -1,13 +1,13 @@
 // The mirror's HTTP face: the OCI distribution read API in front of configured upstreams, with the gate on
 // every manifest and blob. Bytes reach a client only when they hash to a digest the gate allowed.
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { BlobFill } from '../cache/blob-fill.js';
-import type { BlobStore } from '../cache/blob-store.js';
+import type { BlobStore, OpenBlob } from '../cache/blob-store.js';
 import { sha256Digest, type Digest } from '../cache/digest.js';
 import { SingleFlight } from '../cache/single-flight.js';
 import type { Clock } from '../trust/clock.js';
@@ -314,7 +314,7 @@ export class ProxyServer {
     }
   }
 
-  async #sendStored(res: ServerResponse, stored: Awaited<ReturnType<BlobStore['open']>> & object, digest: Digest, range: { start: number; end?: number } | undefined, head: boolean): Promise<void> {
+  async #sendStored(res: ServerResponse, stored: OpenBlob, digest: Digest, range: { start: number; end?: number } | undefined, head: boolean): Promise<void> {
     const size = stored.size;
     if (range) {
       const end = Math.min(range.end ?? size - 1, size - 1);
@@ -354,4 +354,3 @@ function parseRange(h: string | undefined): { start: number; end?: number } | un
   return { start, ...(end !== undefined ? { end } : {}) };
 }
 
-export { createHash };
