@@ -420,13 +420,32 @@ export class TokenSession {
     let pin = uri.pinSource || uri.hasPinValue || !opts.pin ? await resolvePin(uri, opts, tokenName) : undefined;
     const paths = resolveModulePaths(uri, opts.module);
     const seen: TokenDescription[] = [];
+    const broken: string[] = [];
+    // With one module (named by the URI or the caller) its failure is the error; when trying the usual locations,
+    // a module that will not load or list its slots (no pcscd, no device) is skipped and mentioned at the end.
+    const single = paths.length === 1;
     for (const path of paths) {
-      const mod = acquireModule(path);
+      let mod: SharedModule;
+      try {
+        mod = acquireModule(path);
+      } catch (err) {
+        if (single) throw err;
+        broken.push(`${path}: ${(err as Error).message}`);
+        continue;
+      }
       let found: TokenDescription | undefined;
       let p11: PKCS11;
       try {
         p11 = opts.wrapModule ? opts.wrapModule(mod.p11) : mod.p11;
-        const tokens = listTokens(p11);
+        let tokens: TokenDescription[];
+        try {
+          tokens = listTokens(p11);
+        } catch (err) {
+          if (single) throw err;
+          broken.push(`${path}: ${ckrOf(err) ?? (err as Error).message}`);
+          releaseModule(mod);
+          continue;
+        }
         seen.push(...tokens);
         const matching = uri.selectsToken ? tokens.filter((t) => tokenMatches(uri, t)) : tokens;
         if (matching.length > 1) {
@@ -469,12 +488,13 @@ export class TokenSession {
       }
       return new TokenSession(uri, p11, token, handle, mod, loginKey);
     }
-    const where = paths.length === 1 ? `module ${paths[0]}` : `modules ${paths.join(', ')}`;
+    const where = single ? `module ${paths[0]}` : `modules ${paths.join(', ')}`;
+    const skipped = broken.length > 0 ? ` (skipped: ${broken.join('; ')})` : '';
     throw new HsmError(
       'TOKEN_NOT_FOUND',
       uri.selectsToken
-        ? `no token matches ${describeSelector(uri)} in ${where}; tokens present: ${describeTokens(seen)}`
-        : `no initialised token in ${where}`,
+        ? `no token matches ${describeSelector(uri)} in ${where}; tokens present: ${describeTokens(seen)}${skipped}`
+        : `no initialised token in ${where}${skipped}`,
     );
   }
 

@@ -365,6 +365,21 @@ describe.skipIf(hsmSkip !== undefined)(`SoftHSM${hsmSkip ? ` (skipped: ${hsmSkip
     expect(inspect(good)).not.toContain(other.pin);
   });
 
+  it('the module comes from module-path, the module option, module-name or the usual locations', async () => {
+    const bare = `pkcs11:token=main;object=ecdsa-p256?pin-source=file:${main.pinFile}`;
+    const cases: Array<[string, { module?: string }]> = [
+      [hsm.uri(main, 'object=ecdsa-p256'), {}],
+      [bare, { module: hsm.module }],
+      [`${bare}&module-name=softhsm2`, {}],
+      [bare, {}],
+    ];
+    for (const [uri, opts] of cases) {
+      const s = await Pkcs11Signer.open(uri, opts);
+      expect(notaryVerifies(keys.get('ecdsa-p256') as KeyObject, 'ecdsa', DATA, (await s.sign(DATA)).sig)).toBe(true);
+      await s.close();
+    }
+  });
+
   it('a module path that does not exist is MODULE_NOT_FOUND', async () => {
     await expectCode(Pkcs11Signer.open(`pkcs11:token=main;object=k?pin-source=file:${main.pinFile}&module-path=/nonexistent/libx.so`), 'MODULE_NOT_FOUND');
     await expectCode(Pkcs11Signer.open(`pkcs11:token=main;object=k?pin-source=file:${main.pinFile}&module-name=no-such-pkcs11-module`), 'MODULE_NOT_FOUND');
