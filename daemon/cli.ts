@@ -15,6 +15,7 @@ import { checkLengthAndHashes, versionOfDocument } from '../trust/metadata.js';
 import { NotaryClient, notaryFetcher } from '../trust/notary-client.js';
 import { parseImageReference, ReferenceError } from '../trust/reference.js';
 import { Updater } from '../trust/updater.js';
+import { registerSignCommands } from './sign-commands.js';
 
 export interface Io {
   out(s: string): void;
@@ -218,7 +219,7 @@ export function buildProgram(io: Io, clock: Clock = systemClock): Command {
       });
     });
 
-  const trust = program.command('trust').description('Inspect Notary v1 (Docker Content Trust) trust data');
+  const trust = program.command('trust').description('Inspect and publish Notary v1 (Docker Content Trust) trust data');
   const notaryOpts = (c: Command) =>
     c
       .option('-s, --server <url>', 'Notary server URL (default: $DOCKER_CONTENT_TRUST_SERVER)')
@@ -277,7 +278,19 @@ export function buildProgram(io: Io, clock: Clock = systemClock): Command {
       await tufDownload({ ...tuf.opts(), ...o }, clock);
     });
 
+  // key generate|list|delete, sign, trust init|signer add|revoke|key rotate (daemon/sign-commands.ts)
+  registerSignCommands(program, trust, { io, clock, defaultStateDir, interactive: io === stdio && process.stdin.isTTY === true });
+
   return program;
+}
+
+// hsm/ and proxy/ errors are recognised by name, so that `serve` and `trust inspect` never load hsm/.
+function isNamed(e: unknown, name: string): e is Error & { code?: unknown; status?: unknown } {
+  return e instanceof Error && e.name === name;
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, ' ');
 }
 
 export async function main(argv: string[], io: Io = stdio, clock: Clock = systemClock): Promise<number> {
@@ -290,6 +303,10 @@ export async function main(argv: string[], io: Io = stdio, clock: Clock = system
     if ((e as Error)?.name === 'ConfigError') io.err(`portcullis: ${(e as Error).message}\n`);
     else if (e instanceof TrustError) io.err(`portcullis: refused (${e.reason}): ${e.message}\n`);
     else if (e instanceof ReferenceError) io.err(`portcullis: ${e.message}\n`);
+    else if (isNamed(e, 'HsmError')) io.err(`portcullis: key error (${String(e.code)}): ${oneLine(e.message)}\n`);
+    else if (isNamed(e, 'PublishError')) io.err(`portcullis: not published (${String(e.code)}): ${oneLine(e.message)}\n`);
+    else if (isNamed(e, 'NotaryUploadError')) io.err(`portcullis: the Notary server refused the update (${e.code !== undefined ? String(e.code) : `HTTP ${String(e.status)}`}): ${oneLine(e.message)}\n`);
+    else if (isNamed(e, 'UpstreamError')) io.err(`portcullis: registry error (${String(e.code)}): ${oneLine(e.message)}\n`);
     else io.err(`portcullis: ${(e as Error).message ?? String(e)}\n`);
     return 1;
   }

@@ -252,7 +252,7 @@ export async function buildFixture(dir: string, sizes: SetSizes, log: (s: string
     for (const tag of ['big', 'mid', 'small', 'tiny']) await putManifest(upstream.url, setRepo, tag, setImages[tag]!.manifest);
     await putManifest(upstream.url, setRepo, 'multi', index);
     await pool(tagImages.flatMap((i) => [i.config, ...i.layers]), 4, (b) => pushBlob(upstream.url, tagsRepo, b));
-    await pool(tags, 8, (tag, i) => putManifest(upstream.url, tagsRepo, tag, tagImages[i % 10]!.manifest));
+    await pool(tags, 16, (tag, i) => putManifest(upstream.url, tagsRepo, tag, tagImages[i % 10]!.manifest));
     mark('push');
     await signing;
     mark('signing (waited after push)');

@@ -39,18 +39,33 @@ function rate(f: () => boolean, ms: number): number {
   return n / ((performance.now() - t0) / 1000);
 }
 
-export async function trustEngineBench(o: { reps: number; verifyMs: number; delegations?: number; perDelegation?: number }): Promise<TrustEngineResult> {
-  const D = o.delegations ?? 100;
-  const T = o.perDelegation ?? 100;
-  const gun = 'docker.io/library/many-signers';
-  const t0 = performance.now();
-  const b = new RepoBuilder({ dialect: 'notary', gun, start: new Date() });
+export const MANY_SIGNERS_GUN = 'docker.io/library/many-signers';
+
+/** The generated repository: `delegations` roles under targets, each signing `perDelegation` tags of its own prefix. */
+export function buildManySignersRepo(D = 100, T = 100): RepoBuilder {
+  const b = new RepoBuilder({ dialect: 'notary', gun: MANY_SIGNERS_GUN, start: new Date() });
   for (let d = 0; d < D; d++) {
     const role = `targets/team${pad(d)}`;
     b.delegate('targets', role, { paths: [`r${pad(d)}-`] });
     for (let t = 0; t < T; t++) b.addTarget(`r${pad(d)}-t${pad(t)}`, `manifest bytes of ${d}/${t}`, role);
   }
   b.publish();
+  return b;
+}
+
+/** Cold: a new Updater on an empty store; refresh() + listAll() verify every role. Returns the targets seen. */
+export async function verifyCold(b: RepoBuilder): Promise<{ u: Updater; targets: number }> {
+  const u = new Updater({ dialect: 'notary', namespace: MANY_SIGNERS_GUN, gun: MANY_SIGNERS_GUN, store: new MemoryMetadataStore(), fetcher: b.fetcher, clock: b.clock });
+  await u.refresh();
+  const roles = await u.listAll();
+  return { u, targets: roles.reduce((a, r) => a + r.targets.size, 0) };
+}
+
+export async function trustEngineBench(o: { reps: number; verifyMs: number; delegations?: number; perDelegation?: number }): Promise<TrustEngineResult> {
+  const D = o.delegations ?? 100;
+  const T = o.perDelegation ?? 100;
+  const t0 = performance.now();
+  const b = buildManySignersRepo(D, T);
   const generateMs = performance.now() - t0;
   let metadataBytes = 0;
   for (const role of ['root', 'timestamp', 'snapshot', ...b.targetsRoles()]) metadataBytes += b.bytes(role).length;
@@ -59,13 +74,11 @@ export async function trustEngineBench(o: { reps: number; verifyMs: number; dele
   let u: Updater | undefined;
   let targets = 0;
   for (let i = 0; i < o.reps; i++) {
-    const store = new MemoryMetadataStore();
-    u = new Updater({ dialect: 'notary', namespace: gun, gun, store, fetcher: b.fetcher, clock: b.clock });
     const s = performance.now();
-    await u.refresh();
-    const roles = await u.listAll();
+    const r = await verifyCold(b);
     coldMs.push(performance.now() - s);
-    targets = roles.reduce((a, r) => a + r.targets.size, 0);
+    u = r.u;
+    targets = r.targets;
   }
   if (targets !== D * T) throw new Error(`trust engine: verified ${targets} targets, want ${D * T}`);
 
