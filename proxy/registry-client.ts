@@ -12,9 +12,9 @@ import { rootCertificates } from 'node:tls';
 import { Agent, Pool, type Dispatcher } from 'undici';
 import { SingleFlight } from '../cache/single-flight.js';
 import {
-  DEFAULT_TOKEN_TTL_S,
   TOKEN_MAX_BYTES,
-  TOKEN_RE,
+  parseTokenResponse,
+  type CachedToken,
   basic,
   destroyBody,
   discard,
@@ -198,11 +198,6 @@ interface Op {
   readonly signal: AbortSignal | undefined;
   /** Shared by every exchange of one call: at most one retry in all. */
   readonly retry: { left: number };
-}
-
-interface CachedToken {
-  readonly token: string;
-  readonly expiresAt: number;
 }
 
 /** A body stream failed; `received` bytes had arrived. */
@@ -608,19 +603,11 @@ export class RegistryClient {
           }
           throw e;
         }
-        let doc: unknown;
-        try {
-          doc = JSON.parse(bytes.toString('utf8'));
-        } catch {
-          throw new UpstreamError('UNAUTHORIZED', this.host, `upstream ${this.host}: ${what}: the token response from ${realm.host} is not JSON`, { repo: op.repo });
+        const t = parseTokenResponse(bytes, issued);
+        if (typeof t === 'string') {
+          throw new UpstreamError('UNAUTHORIZED', this.host, `upstream ${this.host}: ${what}: the token response from ${realm.host} ${t}`, { repo: op.repo });
         }
-        const o = (doc !== null && typeof doc === 'object' ? doc : {}) as Record<string, unknown>;
-        const token = typeof o.token === 'string' && o.token ? o.token : o.access_token;
-        if (typeof token !== 'string' || !TOKEN_RE.test(token)) {
-          throw new UpstreamError('UNAUTHORIZED', this.host, `upstream ${this.host}: ${what}: the token response from ${realm.host} has no usable token`, { repo: op.repo });
-        }
-        const ttl = typeof o.expires_in === 'number' && Number.isFinite(o.expires_in) && o.expires_in > 0 ? o.expires_in : DEFAULT_TOKEN_TTL_S;
-        return { token, expiresAt: issued + ttl * 1000 };
+        return t;
       }
     } catch (e) {
       throw this.mapError(e, { ...op, what, signal: undefined });

@@ -40,8 +40,36 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const DISCARD_LIMIT = 64 * 1024;
 export const TOKEN_MAX_BYTES = 256 * 1024;
 export const DEFAULT_TOKEN_TTL_S = 60;
+/** A token server cannot make us keep a token longer than a day (`expires_in: 1e400` parses as Infinity). */
+export const MAX_TOKEN_TTL_S = 24 * 3600;
 const TCHAR = /[!#$%&'*+.^_`|~0-9A-Za-z-]/;
-export const TOKEN_RE = /^[A-Za-z0-9\-._~+/]+=*$/;
+const TOKEN_RE = /^[A-Za-z0-9\-._~+/]+=*$/;
+
+export interface CachedToken {
+  readonly token: string;
+  /** ms since epoch */
+  readonly expiresAt: number;
+}
+
+/**
+ * The body of a Docker token server's answer (`token` or OAuth2 `access_token`, `expires_in` seconds), for both
+ * the Notary fetcher and the registry client. A token must be a plain token68 so it cannot smuggle header syntax;
+ * the string result says what is wrong, for the caller's own error type.
+ */
+export function parseTokenResponse(bytes: Buffer, issuedMs: number): CachedToken | 'not JSON' | 'has no usable token' {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    return 'not JSON';
+  }
+  const o = (doc !== null && typeof doc === 'object' ? doc : {}) as Record<string, unknown>;
+  const token = typeof o['token'] === 'string' && o['token'] ? o['token'] : o['access_token'];
+  if (typeof token !== 'string' || !TOKEN_RE.test(token)) return 'has no usable token';
+  const e = o['expires_in'];
+  const ttl = typeof e === 'number' && Number.isFinite(e) && e > 0 ? Math.min(e, MAX_TOKEN_TTL_S) : DEFAULT_TOKEN_TTL_S;
+  return { token, expiresAt: issuedMs + ttl * 1000 };
+}
 
 /** Parses a WWW-Authenticate header value into challenges (RFC 9110 §11.6.1). Lenient, never throws. */
 export function parseWwwAuthenticate(value: string): AuthChallenge[] {
@@ -101,11 +129,6 @@ export function isLoopback(hostname: string): boolean {
 export function headerValues(v: string | string[] | undefined): string[] {
   if (v === undefined) return [];
   return Array.isArray(v) ? v : [v];
-}
-
-interface CachedToken {
-  readonly token: string;
-  readonly expiresAt: number;
 }
 
 export class HttpFetcher {
@@ -382,19 +405,9 @@ export class HttpFetcher {
       throw new TrustError('TRUST_UNAVAILABLE', `token request to ${redact(realm)}: HTTP ${res.statusCode}`);
     }
     const bytes = await this.readBody(res, realm, TOKEN_MAX_BYTES, budget);
-    let doc: unknown;
-    try {
-      doc = JSON.parse(bytes.toString('utf8'));
-    } catch {
-      throw new TrustError('TRUST_UNAVAILABLE', `token response from ${redact(realm)} is not JSON`);
-    }
-    const o = (doc ?? {}) as Record<string, unknown>;
-    const token = typeof o.token === 'string' && o.token ? o.token : o.access_token;
-    if (typeof token !== 'string' || !TOKEN_RE.test(token)) {
-      throw new TrustError('TRUST_UNAVAILABLE', `token response from ${redact(realm)} has no usable token`);
-    }
-    const ttl = typeof o.expires_in === 'number' && o.expires_in > 0 ? o.expires_in : DEFAULT_TOKEN_TTL_S;
-    return { token, expiresAt: issued + ttl * 1000 };
+    const t = parseTokenResponse(bytes, issued);
+    if (typeof t === 'string') throw new TrustError('TRUST_UNAVAILABLE', `token response from ${redact(realm)} ${t}`);
+    return t;
   }
 
   private mapError(e: unknown, url: URL, budget: Budget): TrustError {

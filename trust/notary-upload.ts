@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Agent, type Dispatcher } from 'undici';
 import { TrustError } from './errors.js';
 import {
-  basic, discard, headerValues, HttpFetcher, isLoopback, parseWwwAuthenticate, TOKEN_MAX_BYTES, TOKEN_RE,
+  basic, discard, headerValues, HttpFetcher, isLoopback, parseWwwAuthenticate, TOKEN_MAX_BYTES, parseTokenResponse,
   type AuthChallenge, type HttpAuth, type HttpFetcherOptions,
 } from './http-fetcher.js';
 import { canonicalGo, parseUntrustedJson, type JsonObject, type JsonValue } from './json.js';
@@ -208,13 +208,9 @@ export class NotaryWriter {
       await discard(res);
       throw new NotaryUploadError(401, 'UNAUTHORIZED', `token request to ${realm.origin}${realm.pathname}: HTTP ${res.statusCode}`);
     }
-    const text = (await readLimited(res, TOKEN_MAX_BYTES)).toString('utf8');
-    let o: Record<string, unknown> = {};
-    try {
-      o = (JSON.parse(text) ?? {}) as Record<string, unknown>;
-    } catch { /* handled below */ }
-    const token = typeof o.token === 'string' && o.token ? o.token : o.access_token;
-    if (typeof token !== 'string' || !TOKEN_RE.test(token)) throw new NotaryUploadError(401, 'UNAUTHORIZED', `token response from ${realm.origin}${realm.pathname} has no usable token`);
+    const t = parseTokenResponse(await readLimited(res, TOKEN_MAX_BYTES), Date.now());
+    if (typeof t === 'string') throw new NotaryUploadError(401, 'UNAUTHORIZED', `token response from ${realm.origin}${realm.pathname} ${t}`);
+    const token = t.token;
     this.#bearer = token;
     return `Bearer ${token}`;
   }

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TrustError } from '../../trust/errors.js';
-import { HttpFetcher, parseWwwAuthenticate, type HttpFetcherOptions } from '../../trust/http-fetcher.js';
+import { HttpFetcher, MAX_TOKEN_TTL_S, parseTokenResponse, parseWwwAuthenticate, type HttpFetcherOptions } from '../../trust/http-fetcher.js';
 import { NotaryClient, escapeGun, notaryFetcher, notaryMetadataPath } from '../../trust/notary-client.js';
 import { makeTempDir, removeTempDir } from '../harness/process.js';
 import { makePki, type Pki } from '../harness/tls.js';
@@ -471,5 +471,32 @@ describe('NotaryClient paths', () => {
     );
     expect(notaryMetadataPath('[::1]:5000/x', '2.root.json')).toBe('/v2/%5B::1%5D:5000/x/_trust/tuf/2.root.json');
     expect(escapeGun('registry.example:443/team/app')).toBe('registry.example:443/team/app');
+  });
+});
+
+describe('token server answers (shared by the Notary fetcher, the Notary uploader and the registry client)', () => {
+  const at = 1_000_000;
+  const parse = (body: string) => parseTokenResponse(Buffer.from(body), at);
+
+  it('takes token or access_token, and expires_in seconds', () => {
+    expect(parse('{"token":"abc.def","expires_in":300}')).toEqual({ token: 'abc.def', expiresAt: at + 300_000 });
+    expect(parse('{"access_token":"xyz=="}')).toEqual({ token: 'xyz==', expiresAt: at + 60_000 });
+  });
+
+  it('token pinning: expires_in 1e400 (Infinity) gets the default, a year is capped at a day', () => {
+    expect(parse('{"token":"t","expires_in":1e400}')).toEqual({ token: 't', expiresAt: at + 60_000 });
+    expect(parse('{"token":"t","expires_in":31536000}')).toEqual({ token: 't', expiresAt: at + MAX_TOKEN_TTL_S * 1000 });
+    expect(parse('{"token":"t","expires_in":-5}')).toEqual({ token: 't', expiresAt: at + 60_000 });
+  });
+
+  it('header injection: a token with spaces, CR/LF or commas is not usable', () => {
+    for (const t of ['a b', 'a\r\nX-Evil: 1', 'a,b', '', 'ä']) expect(parse(JSON.stringify({ token: t }))).toBe('has no usable token');
+    expect(parse('{"token":42}')).toBe('has no usable token');
+    expect(parse('null')).toBe('has no usable token');
+    expect(parse('"tok"')).toBe('has no usable token');
+  });
+
+  it('a body that is not JSON is named as such', () => {
+    expect(parse('<html>')).toBe('not JSON');
   });
 });
