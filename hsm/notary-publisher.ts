@@ -227,17 +227,15 @@ export interface SignOptions extends PublishOptions {
 
 /** `notary add` / `docker trust sign`: the tag -> {digest, size} in the role(s), signed and published. */
 export async function sign(o: SignOptions): Promise<PublishResult> {
-  const signers = Array.isArray(o.signer) ? (o.signer as readonly Signer[]) : [o.signer as Signer];
-  if (signers.length === 0) throw new PublishError('BAD_INPUT', 'sign: no signer');
+  const signers = signerList(o.signer, 'sign');
   checkTag(o.tag);
   const entry = targetEntry(o.target);
   const digest = `sha256:${Buffer.from((entry['hashes'] as JsonObject)['sha256'] as string, 'base64').toString('hex')}`;
-  const explicit = o.role === undefined ? undefined : (typeof o.role === 'string' ? [o.role] : o.role).map(normaliseRole);
+  const explicit = explicitRoles(o.role);
   return publishFlow(o, { operation: 'sign', role: explicit?.join(',') ?? '(auto)', keyUri: signers[0]!.displayUri, keys: {}, tag: o.tag, digest }, async (st, a) => {
     const chosen = await chooseRoles(st, signers, explicit, () => true);
     if (chosen.size === 0) throw new PublishError('NOT_A_KEY', `${signers.map((s) => s.displayUri).join(', ')} can sign no role of ${o.gun}`);
-    a.role = [...chosen.keys()].join(',');
-    a.keys = Object.fromEntries([...chosen].map(([r, ss]) => [r, ss.map((s) => s.displayUri).join(', ')]));
+    recordChoice(a, chosen);
     const roles = new Map<string, RoleEdit>();
     for (const [role, ss] of chosen) {
       const doc = st.editable(role);
@@ -257,15 +255,13 @@ export interface RevokeOptions extends PublishOptions {
 
 /** `notary remove` / `docker trust revoke <repo>:<tag>`: the tag out of the role(s), published. */
 export async function revoke(o: RevokeOptions): Promise<PublishResult> {
-  const signers = Array.isArray(o.signer) ? (o.signer as readonly Signer[]) : [o.signer as Signer];
-  if (signers.length === 0) throw new PublishError('BAD_INPUT', 'revoke: no signer');
+  const signers = signerList(o.signer, 'revoke');
   checkTag(o.tag);
-  const explicit = o.role === undefined ? undefined : (typeof o.role === 'string' ? [o.role] : o.role).map(normaliseRole);
+  const explicit = explicitRoles(o.role);
   return publishFlow(o, { operation: 'revoke', role: explicit?.join(',') ?? '(auto)', keyUri: signers[0]!.displayUri, keys: {}, tag: o.tag }, async (st, a) => {
     const chosen = await chooseRoles(st, signers, explicit, (role) => st.set.targetsIn(role).has(o.tag));
     if (chosen.size === 0) throw new PublishError('NOT_SIGNED', `${o.gun}:${o.tag} is not listed in any role ${signers.map((s) => s.displayUri).join(', ')} can sign`);
-    a.role = [...chosen.keys()].join(',');
-    a.keys = Object.fromEntries([...chosen].map(([r, ss]) => [r, ss.map((s) => s.displayUri).join(', ')]));
+    recordChoice(a, chosen);
     const roles = new Map<string, RoleEdit>();
     for (const [role, ss] of chosen) {
       const doc = st.editable(role);
@@ -279,6 +275,22 @@ export async function revoke(o: RevokeOptions): Promise<PublishResult> {
     }
     return { roles };
   });
+}
+
+function signerList(signer: Signer | readonly Signer[], op: string): readonly Signer[] {
+  const signers = Array.isArray(signer) ? (signer as readonly Signer[]) : [signer as Signer];
+  if (signers.length === 0) throw new PublishError('BAD_INPUT', `${op}: no signer`);
+  return signers;
+}
+
+function explicitRoles(role: string | readonly string[] | undefined): string[] | undefined {
+  return role === undefined ? undefined : (typeof role === 'string' ? [role] : role).map(normaliseRole);
+}
+
+/** The audit line names the roles chosen and the keys that sign each. */
+function recordChoice(a: AuditState, chosen: ReadonlyMap<string, readonly Signer[]>): void {
+  a.role = [...chosen.keys()].join(',');
+  a.keys = Object.fromEntries([...chosen].map(([r, ss]) => [r, ss.map((s) => s.displayUri).join(', ')]));
 }
 
 /**
