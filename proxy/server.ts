@@ -11,6 +11,7 @@ import type { BlobStore, OpenBlob } from '../cache/blob-store.js';
 import { sha256Digest, type Digest } from '../cache/digest.js';
 import { SingleFlight } from '../cache/single-flight.js';
 import type { Clock } from '../trust/clock.js';
+import { sendFileRange } from './blob-send.js';
 import type { TrustGate } from './gate.js';
 import { inspectManifest, type ManifestInfo } from './manifest.js';
 import { OciError, ociError, sendError } from './oci-errors.js';
@@ -39,6 +40,8 @@ export interface VerifiedManifest {
 }
 
 const DEFAULT_MANIFEST_MAX = 4 * 1024 * 1024;
+/** Verified manifests kept in memory (LRU): a warm GET by tag or digest then touches no file and parses no JSON. */
+const HOT_MANIFESTS = { entries: 1024, bytes: 16 * 1024 * 1024, one: 1024 * 1024 } as const;
 const API_HEADER = { 'Docker-Distribution-API-Version': 'registry/2.0' } as const;
 
 export class ProxyServer {
@@ -46,6 +49,8 @@ export class ProxyServer {
   readonly #o: ProxyOptions;
   readonly #reach = new Reachability();
   readonly #manifestFetches = new SingleFlight<string, VerifiedManifest>();
+  readonly #hot = new Map<Digest, VerifiedManifest>();
+  #hotBytes = 0;
   readonly #upstreamHosts: ReadonlySet<string>;
   readonly #sockets = new Set<Socket>();
   #inFlight = 0;
@@ -212,10 +217,16 @@ export class ProxyServer {
   /** A manifest by digest: from the store, else fetched once upstream and kept only if its bytes hash right. */
   async #manifest(repo: RepoRef, digest: Digest, accept: string[], expectedSize: number | undefined): Promise<VerifiedManifest> {
     const max = this.#o.manifestMaxBytes ?? DEFAULT_MANIFEST_MAX;
+    const hot = this.#hot.get(digest);
+    if (hot) {
+      this.#hot.delete(digest);
+      this.#hot.set(digest, hot);
+      return hot;
+    }
     const stored = await this.#o.blobs.open(digest);
     if (stored) {
       const bytes = await stored.readAll();
-      return { __brand: 'VerifiedManifest', digest, bytes, info: inspectManifest(bytes, undefined, max) };
+      return this.#remember({ __brand: 'VerifiedManifest', digest, bytes, info: inspectManifest(bytes, undefined, max) });
     }
     return this.#manifestFetches.run(`${repo.host}/${digest}`, async () => {
       this.stats.manifestUpstream++;
@@ -233,8 +244,21 @@ export class ProxyServer {
         throw ociError('MANIFEST_INVALID', `manifest ${digest} of ${repo.name} is not valid: ${(e as Error).message}`);
       }
       await this.#o.blobs.put(digest, [r.bytes], r.bytes.length);
-      return { __brand: 'VerifiedManifest', digest, bytes: r.bytes, info };
+      return this.#remember({ __brand: 'VerifiedManifest', digest, bytes: r.bytes, info });
     });
+  }
+
+  /** Keeps a manifest whose bytes hashed to its digest in the in-memory LRU (content-addressed: never stale). */
+  #remember(m: VerifiedManifest): VerifiedManifest {
+    if (m.bytes.length > HOT_MANIFESTS.one || this.#hot.has(m.digest)) return m;
+    this.#hot.set(m.digest, m);
+    this.#hotBytes += m.bytes.length;
+    for (const [d, old] of this.#hot) {
+      if (this.#hot.size <= HOT_MANIFESTS.entries && this.#hotBytes <= HOT_MANIFESTS.bytes) break;
+      this.#hot.delete(d);
+      this.#hotBytes -= old.bytes.length;
+    }
+    return m;
   }
 
   /** A tag for `trust: none` rules: whatever the registry says now, hashed here. */
@@ -326,12 +350,20 @@ export class ProxyServer {
       }
       res.writeHead(206, { ...API_HEADER, 'Content-Type': 'application/octet-stream', 'Content-Length': end - range.start + 1, 'Content-Range': `bytes ${range.start}-${end}/${size}`, 'Docker-Content-Digest': digest, 'Accept-Ranges': 'bytes' });
       if (head) { await stored.close(); res.end(); return; }
-      await pipeline(stored.stream({ start: range.start, end }), res).catch((e) => res.destroy(e));
-      return;
+      return this.#sendBytes(res, stored, range.start, end);
     }
     res.writeHead(200, { ...API_HEADER, 'Content-Type': 'application/octet-stream', 'Content-Length': size, 'Docker-Content-Digest': digest, 'Accept-Ranges': 'bytes', ETag: `"${digest}"` });
     if (head) { await stored.close(); res.end(); return; }
-    await pipeline(stored.stream(), res).catch((e) => res.destroy(e));
+    return this.#sendBytes(res, stored, 0, size - 1);
+  }
+
+  /** Bytes [start, end] of a stored blob, from its descriptor through pooled buffers; closes it afterwards. */
+  async #sendBytes(res: ServerResponse, stored: OpenBlob, start: number, end: number): Promise<void> {
+    try {
+      await sendFileRange(res, stored.handle.fd, start, end);
+    } finally {
+      await stored.close().catch(() => {});
+    }
   }
 
   async #tags(res: ServerResponse, repo: RepoRef, n: number | undefined, last: string | undefined, head: boolean): Promise<void> {
