@@ -115,7 +115,8 @@ function machineInfo(): Record<string, unknown> {
     kernel: `${os.type()} ${os.release()}`,
     node: process.version,
     distribution: version('/usr/bin/docker-registry', ['--version']),
-    notary: (version('/usr/bin/notary', ['version']) ?? '').replace(/\s+/g, ' '),
+    // `notary version` prints no version for the Debian build; the package knows it.
+    notary: version('dpkg-query', ['-W', '-f=${Version}', 'notary']),
     schedAutogroup: autogroup,
   };
 }
