@@ -210,7 +210,10 @@ function acquireModule(path: string): SharedModule {
     throw new HsmError('MODULE_NOT_FOUND', `cannot load PKCS#11 module ${real}: ${(err as Error).message.split('\n')[0]}`);
   }
   try {
-    p11.C_Initialize();
+    // C_Initialize(NULL) tells the module the application is single-threaded, and SoftHSM then takes no locks; but
+    // C_SignAsync runs on libuv's thread pool while the main thread uses other sessions of the same module, so
+    // the module must lock (CKF_OS_LOCKING_OK). Without it SoftHSM crashed the process now and then under load.
+    p11.C_Initialize({ flags: lib.CKF_OS_LOCKING_OK });
   } catch (err) {
     if (ckrOf(err) !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED') {
       try {

@@ -216,6 +216,26 @@ describe.skipIf(hsmSkip !== undefined)(`SoftHSM${hsmSkip ? ` (skipped: ${hsmSkip
     }));
   }
 
+  it('many signers on one module signing at once do not crash the process (the module is told to lock)', () => {
+    // C_SignAsync runs on libuv's thread pool; with C_Initialize(NULL) SoftHSM takes no locks and this load
+    // segfaulted every time. In a child process, so a crash is a failed test rather than a dead test worker.
+    const script = `
+      const { Pkcs11Signer } = await import(${JSON.stringify(new URL('../../hsm/pkcs11-signer.ts', import.meta.url).href)});
+      const signers = await Promise.all(Array.from({ length: 16 }, () => Pkcs11Signer.open(process.env.URI)));
+      let n = 0;
+      for (let round = 0; round < 3; round++) {
+        n += (await Promise.all(signers.flatMap((s) => Array.from({ length: 150 }, (_, i) => s.sign(Buffer.from('data ' + i)))))).length;
+      }
+      await Promise.all(signers.map((s) => s.close()));
+      console.log('signed', n);`;
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      env: { ...process.env, URI: hsm.uri(main, 'object=ecdsa-p256') },
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    expect(out.trim()).toBe('signed 7200');
+  });
+
   it('the private key is CKA_SENSITIVE and not extractable (asked with C_GetAttributeValue)', async () => {
     for (const alg of ['ecdsa-p256', 'ed25519', 'rsa-2048'] as const) {
       const uri = parsePkcs11Uri(hsm.uri(main, `object=${alg}`));
