@@ -40,9 +40,9 @@ export type UpstreamBody = AsyncIterable<Uint8Array>;
 export type OpenUpstream = () => Promise<UpstreamBody> | UpstreamBody;
 
 export interface FillOptions {
-  /** Most recent bytes kept in memory per fill for clients that keep up. Default 4 MiB. */
+  /** Most recent bytes kept in memory per fill for clients that keep up. Default 2 MiB. */
   readonly memoryWindowBytes?: number;
-  /** Received-but-not-yet-written bytes before the upstream is paused. Default 16 MiB. */
+  /** Received-but-not-yet-written bytes before the upstream is paused. Default 8 MiB. */
   readonly maxUnwrittenBytes?: number;
   /** Each subscriber stream's highWaterMark, also its read size from the file. Default 1 MiB. */
   readonly subscriberHighWaterMark?: number;
@@ -136,8 +136,8 @@ export class BlobFill {
     readonly store: BlobStore,
     options: FillOptions = {},
   ) {
-    this.windowBytes = options.memoryWindowBytes ?? 4 * MiB;
-    this.maxUnwritten = options.maxUnwrittenBytes ?? 16 * MiB;
+    this.windowBytes = options.memoryWindowBytes ?? 2 * MiB;
+    this.maxUnwritten = options.maxUnwrittenBytes ?? 8 * MiB;
     this.subscriberHwm = options.subscriberHighWaterMark ?? MiB;
   }
 
