@@ -1,7 +1,7 @@
 // The servers under test, each started in its own session (setsid, via test/harness/process.ts) with an empty
 // cache directory of its own: distribution 2.8 in proxy mode, and Portcullis (`bin/portcullis serve --config`)
 // with `trust: notary` or `trust: none`. Portcullis always runs as a separate process from the compiled dist/.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../../test/harness/ports.js';
@@ -43,6 +43,16 @@ export function portcullisConfig(o: { port: number; stateDir: string; fixture: F
   ].join('\n');
 }
 
+/**
+ * The Node flags `bin/portcullis` gives itself on its `#!/usr/bin/env -S node …` line (the server is started with
+ * this process's node, so they are passed by hand), then `PORTCULLIS_BENCH_NODE_ARGS` to try others.
+ */
+function extraNodeArgs(): string[] {
+  const shebang = readFileSync(PORTCULLIS_BIN, 'utf8').split('\n', 1)[0] ?? '';
+  const own = /^#!\/usr\/bin\/env -S node(?:\s+(.*))?$/.exec(shebang)?.[1] ?? '';
+  return [...own.split(/\s+/), ...(process.env['PORTCULLIS_BENCH_NODE_ARGS'] ?? '').split(/\s+/)].filter(Boolean);
+}
+
 export async function startServer(kind: ServerKind, dir: string, fixture: Fixture, o: { nodeArgs?: string[] } = {}): Promise<ServerUnderTest> {
   mkdirSync(dir, { recursive: true });
   const t0 = performance.now();
@@ -57,7 +67,7 @@ export async function startServer(kind: ServerKind, dir: string, fixture: Fixtur
   const proc = await startProcess({
     name: kind,
     command: process.execPath,
-    args: [...(o.nodeArgs ?? []), PORTCULLIS_BIN, 'serve', '--config', configPath],
+    args: [...(o.nodeArgs ?? []), ...extraNodeArgs(), PORTCULLIS_BIN, 'serve', '--config', configPath],
     logFile,
     cwd: REPO_ROOT,
   });
