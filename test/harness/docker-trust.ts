@@ -19,6 +19,16 @@ export interface DockerTrust {
   readonly env: NodeJS.ProcessEnv;
   /** `docker trust inspect [--pretty] <refs...>`; never throws for a non-zero exit. */
   inspect(refs: string | readonly string[], o?: { pretty?: boolean }): Promise<RunResult>;
+  /** `docker trust inspect <ref>` parsed; throws with docker's stderr when it fails. */
+  inspectOne(ref: string): Promise<TrustInspection>;
+}
+
+/** One repository of `docker trust inspect` JSON (the fields the tests compare). */
+export interface TrustInspection {
+  Name: string;
+  SignedTags: { SignedTag: string; Digest: string; Signers: string[] }[];
+  Signers: { Name: string; Keys: { ID: string }[] }[];
+  AdministrativeKeys: { Name: string; Keys: { ID: string }[] }[];
 }
 
 /** A docker CLI configuration that trusts `caPem` for the Notary server at `notaryUrl` (and nothing else). */
@@ -40,6 +50,11 @@ export function dockerTrust(notaryUrl: string, caPem: string, configDir: string 
     inspect(refs, o = {}) {
       const args = ['trust', 'inspect', ...(o.pretty ? ['--pretty'] : []), ...(typeof refs === 'string' ? [refs] : refs)];
       return run(DOCKER_CLI, args, { env, timeoutMs: 60_000 });
+    },
+    async inspectOne(ref) {
+      const r = await this.inspect(ref);
+      if (r.code !== 0) throw new Error(`docker trust inspect ${ref} exited ${r.code}: ${r.stderr}`);
+      return (JSON.parse(r.stdout) as TrustInspection[])[0]!;
     },
   };
 }

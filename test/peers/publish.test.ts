@@ -24,7 +24,7 @@ import { Updater } from '../../trust/updater.js';
 import { LmdbMetadataStore } from '../../cache/lmdb-metadata-store.js';
 import { MemoryMetadataStore } from '../fixtures/memory-store.js';
 import { selfSignedCertificate } from '../fixtures/repo-builder.js';
-import { dockerTrust, type DockerTrust } from '../harness/docker-trust.js';
+import { dockerTrust, type DockerTrust, type TrustInspection as Inspection } from '../harness/docker-trust.js';
 import { parseNotaryList, startLab, type Lab, type NotaryListEntry } from '../harness/lab.js';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -123,18 +123,8 @@ async function notaryList(gun: string): Promise<NotaryListEntry[]> {
   return parseNotaryList(r.stdout);
 }
 
-interface Inspection {
-  Name: string;
-  SignedTags: { SignedTag: string; Digest: string; Signers: string[] }[];
-  Signers: { Name: string; Keys: { ID: string }[] }[];
-  AdministrativeKeys: { Name: string; Keys: { ID: string }[] }[];
-}
 
-async function dockerInspect(gun: string): Promise<Inspection> {
-  const r = await docker.inspect(gun);
-  expect(r.code, `docker trust inspect ${gun}: ${r.stderr}`).toBe(0);
-  return (JSON.parse(r.stdout) as Inspection[])[0]!;
-}
+const dockerInspect = (gun: string): Promise<Inspection> => docker.inspectOne(gun);
 
 /** What the server holds for a GUN, byte for byte (timestamp excluded: the server re-signs it on its own). */
 async function serverState(gun: string): Promise<string> {

@@ -13,7 +13,7 @@ import { pkcs11Unavailable } from '../../hsm/pkcs11-signer.js';
 import { defaultTrustLimits as L } from '../../trust/limits.js';
 import { NotaryClient } from '../../trust/notary-client.js';
 import { startDockerd, type Dockerd } from '../harness/clients.js';
-import { dockerTrust, type DockerTrust } from '../harness/docker-trust.js';
+import { dockerTrust, type DockerTrust, type TrustInspection as Inspection } from '../harness/docker-trust.js';
 import { ACCEPT_ALL, pushDemoImages, type DemoTag, type PushedManifest } from '../harness/images.js';
 import { parseNotaryList, startLab, type Lab, type NotaryListEntry } from '../harness/lab.js';
 import { startMirror, type Mirror } from '../harness/mirror.js';
@@ -133,18 +133,8 @@ async function notaryList(gun: string, role?: string): Promise<NotaryListEntry[]
   return parseNotaryList(r.stdout);
 }
 
-interface Inspection {
-  Name: string;
-  SignedTags: { SignedTag: string; Digest: string; Signers: string[] }[];
-  Signers: { Name: string; Keys: { ID: string }[] }[];
-  AdministrativeKeys: { Name: string; Keys: { ID: string }[] }[];
-}
 
-async function dockerInspect(gun: string): Promise<Inspection> {
-  const r = await docker.inspect(gun);
-  expect(r.code, `docker trust inspect ${gun}: ${r.stderr}`).toBe(0);
-  return (JSON.parse(r.stdout) as Inspection[])[0]!;
-}
+const dockerInspect = (gun: string): Promise<Inspection> => docker.inspectOne(gun);
 
 const adminKey = (i: Inspection, name: 'Root' | 'Repository') => i.AdministrativeKeys.find((a) => a.Name === name)!.Keys.map((k) => k.ID);
 

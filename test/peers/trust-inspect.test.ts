@@ -6,7 +6,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../daemon/cli.js';
-import { certPublicKeyId, dockerTrust, type DockerTrust } from '../harness/docker-trust.js';
+import { certPublicKeyId, dockerTrust, type DockerTrust, type TrustInspection as Inspection } from '../harness/docker-trust.js';
 import { parseNotaryList, startLab, type Lab, type NotaryListEntry } from '../harness/lab.js';
 import { makeTempDir, run } from '../harness/process.js';
 import { makeCa, selfSignedCert, type KeyPair } from '../harness/tls.js';
@@ -73,12 +73,6 @@ async function dockerInspect(ref: string, pretty = false): Promise<string> {
   return r.stdout;
 }
 
-interface Inspection {
-  Name: string;
-  SignedTags: { SignedTag: string; Digest: string; Signers: string[] }[];
-  Signers: { Name: string; Keys: { ID: string }[] }[];
-  AdministrativeKeys: { Name: string; Keys: { ID: string }[] }[];
-}
 
 /**
  * docker sorts rows by tag only (Go's sort.Slice, not stable): the order of two rows for one tag with different

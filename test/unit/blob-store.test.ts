@@ -189,7 +189,7 @@ describe('BlobStore', () => {
     const data = randomBytes(10_000);
     const d = sha256Digest(data);
     const bad = Buffer.from(data);
-    bad[5000] ^= 1;
+    bad[5000] = bad[5000]! ^ 1;
     const w = store.createWriter(d);
     await w.write(bad);
     const err = await w.commit().catch((e: unknown) => e);
@@ -298,7 +298,7 @@ describe('BlobStore', () => {
     const d = sha256Digest(data);
     await store.put(d, [data]);
     const rotten = Buffer.from(data);
-    rotten[100] ^= 0xff;
+    rotten[100] = rotten[100]! ^ 0xff;
     await writeFile(store.path(d), rotten);
     sameBytes(await readStream(store.openRead(d)), rotten);
     expect(await store.verify(d)).toEqual({ status: 'corrupt', size: 4096, actual: sha256Digest(rotten) });
@@ -327,7 +327,7 @@ describe('BlobStore', () => {
           const d = sha256Digest(data);
           const sent = Buffer.from(data);
           const corrupt = flipAt !== undefined && data.length > 0;
-          if (corrupt) sent[flipAt % data.length] ^= 0x01;
+          if (corrupt) sent[flipAt % data.length] = sent[flipAt % data.length]! ^ 0x01;
           const w = store.createWriter(d, giveSize ? data.length : undefined);
           // Unawaited writes: order must still hold.
           const writes = chunked(sent, cuts).map((c) => w.write(c));

@@ -88,7 +88,7 @@ export function describeSigner(name: string, setup: () => Promise<SignerHarness>
       const s = await open();
       const sig = await s.sign(SIGNED);
       const other = Buffer.from(SIGNED);
-      other[other.length - 2] ^= 1;
+      other[other.length - 2] = other[other.length - 2]! ^ 1;
       expect(notaryVerifies(h.expectedPublicKey, sig.method, other, sig.sig)).toBe(false);
     });
 

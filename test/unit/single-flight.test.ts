@@ -193,7 +193,7 @@ describe('BlobFill', () => {
       const data = randomBytes(2 * 1024 * 1024);
       const d = sha256Digest(data);
       const sent = Buffer.from(data);
-      sent[1024 * 1024 + 3] ^= 0x40;
+      sent[1024 * 1024 + 3] = sent[1024 * 1024 + 3]! ^ 0x40;
       const size = expectedSize === 'exact' ? data.length : undefined;
       const up = new PassThrough();
       const open = () => up;
@@ -483,7 +483,7 @@ describe('BlobFill', () => {
             const d = sha256Digest(data);
             const sent = Buffer.from(data);
             const corrupt = flipAt !== undefined && data.length > 0;
-            if (corrupt) sent[flipAt % data.length] ^= 0x80;
+            if (corrupt) sent[flipAt % data.length] = sent[flipAt % data.length]! ^ 0x80;
             const chunks: Buffer[] = [];
             for (let off = 0, i = 0; off < sent.length; i++) {
               const n = sizes[i % sizes.length]!;
