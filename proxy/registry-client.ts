@@ -10,11 +10,8 @@
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { Agent, Pool, type Dispatcher } from 'undici';
-import { SingleFlight } from '../cache/single-flight.js';
 import {
   TOKEN_MAX_BYTES,
-  parseTokenResponse,
-  type CachedToken,
   basic,
   destroyBody,
   discard,
@@ -24,6 +21,7 @@ import {
   type AuthChallenge,
   type HttpAuth,
 } from '../trust/http-fetcher.js';
+import { parseTokenResponse, TOKEN_CACHE_MAX, TokenCache, type CachedToken } from '../trust/token-cache.js';
 
 // ------------------------------------------------------------------------------------------------ errors
 
@@ -132,7 +130,6 @@ export interface RegistryClientStats {
 export const TAG_LIST_MAX_BYTES = 1024 * 1024;
 const MAX_REDIRECTS = 3;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
-const TOKEN_CACHE_MAX = 1024;
 
 const REPO_RE = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
@@ -222,10 +219,9 @@ export class RegistryClient {
   private readonly userAgent: string;
   private readonly now: () => number;
   private readonly timeouts: RegistryClientTimeouts;
-  private readonly tokens = new Map<string, CachedToken>();
-  /** repo → the token cache key its last challenge named. */
+  private readonly tokens: TokenCache;
+  /** repo → the token cache key its last challenge named (bounded like the tokens: repo names come from clients). */
   private readonly repoTokenKey = new Map<string, string>();
-  private readonly tokenFlights = new SingleFlight<string, CachedToken>();
   /** The upstream asked for Basic once: send it up front from then on. */
   private basicFirst = false;
   private closed = false;
@@ -250,6 +246,7 @@ export class RegistryClient {
     this.auth = opts.auth;
     this.userAgent = opts.userAgent ?? 'portcullis';
     this.now = opts.now ?? Date.now;
+    this.tokens = new TokenCache(this.now);
     this.timeouts = {
       connectMs: opts.timeouts?.connectMs ?? 10_000,
       headersMs: opts.timeouts?.headersMs ?? 30_000,
@@ -507,7 +504,7 @@ export class RegistryClient {
     if (a && 'token' in a) return `Bearer ${a.token}`;
     const key = this.repoTokenKey.get(repo);
     const tok = key === undefined ? undefined : this.tokens.get(key);
-    if (tok && this.now() < tok.expiresAt) return `Bearer ${tok.token}`;
+    if (tok) return `Bearer ${tok.token}`;
     if (a && this.basicFirst) return basic(a.username, a.password);
     return undefined;
   }
@@ -524,17 +521,9 @@ export class RegistryClient {
       const scope = bearer.params.scope || `repository:${op.repo}:pull`;
       const key = JSON.stringify([realm, service ?? '', scope]);
       const sentToken = sent?.startsWith('Bearer ') ? sent.slice('Bearer '.length) : undefined;
-      const cached = this.tokens.get(key);
-      // a cached token is reused unless it is stale or it is the very one the upstream just refused
-      if (!cached || this.now() >= cached.expiresAt || cached.token === sentToken) {
-        if (cached) this.tokens.delete(key);
-        const flight = this.tokenFlights.run(key, async () => {
-          const t = await this.fetchToken(realm, service, scope, op);
-          this.storeToken(key, t);
-          return t;
-        });
-        await raceSignal(flight, op.signal);
-      }
+      await raceSignal(this.tokens.obtain(key, sentToken, () => this.fetchToken(realm, service, scope, op)), op.signal);
+      this.repoTokenKey.delete(op.repo);
+      if (this.repoTokenKey.size >= TOKEN_CACHE_MAX) this.repoTokenKey.delete(this.repoTokenKey.keys().next().value!);
       this.repoTokenKey.set(op.repo, key);
       return;
     }
@@ -549,19 +538,6 @@ export class RegistryClient {
       repo: op.repo,
       status: 401,
     });
-  }
-
-  private storeToken(key: string, t: CachedToken): void {
-    if (this.tokens.size >= TOKEN_CACHE_MAX) {
-      const now = this.now();
-      for (const [k, v] of this.tokens) if (now >= v.expiresAt) this.tokens.delete(k);
-      // still full: drop the oldest entries (Map keeps insertion order)
-      for (const k of this.tokens.keys()) {
-        if (this.tokens.size < TOKEN_CACHE_MAX) break;
-        this.tokens.delete(k);
-      }
-    }
-    this.tokens.set(key, t);
   }
 
   /** One token request (shared by every waiter of the flight, so it takes no caller signal: timeouts bound it). */

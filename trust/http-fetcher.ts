@@ -5,6 +5,7 @@
 // the same origin. Every response body is consumed or destroyed so no connection is left half-read.
 import { Agent, type Dispatcher } from 'undici';
 import { TrustError } from './errors.js';
+import { parseTokenResponse, TokenCache, type CachedToken } from './token-cache.js';
 
 export type HttpAuth =
   | { readonly username: string; readonly password: string }
@@ -39,37 +40,7 @@ export interface AuthChallenge {
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const DISCARD_LIMIT = 64 * 1024;
 export const TOKEN_MAX_BYTES = 256 * 1024;
-export const DEFAULT_TOKEN_TTL_S = 60;
-/** A token server cannot make us keep a token longer than a day (`expires_in: 1e400` parses as Infinity). */
-export const MAX_TOKEN_TTL_S = 24 * 3600;
 const TCHAR = /[!#$%&'*+.^_`|~0-9A-Za-z-]/;
-const TOKEN_RE = /^[A-Za-z0-9\-._~+/]+=*$/;
-
-export interface CachedToken {
-  readonly token: string;
-  /** ms since epoch */
-  readonly expiresAt: number;
-}
-
-/**
- * The body of a Docker token server's answer (`token` or OAuth2 `access_token`, `expires_in` seconds), for both
- * the Notary fetcher and the registry client. A token must be a plain token68 so it cannot smuggle header syntax;
- * the string result says what is wrong, for the caller's own error type.
- */
-export function parseTokenResponse(bytes: Buffer, issuedMs: number): CachedToken | 'not JSON' | 'has no usable token' {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(bytes.toString('utf8'));
-  } catch {
-    return 'not JSON';
-  }
-  const o = (doc !== null && typeof doc === 'object' ? doc : {}) as Record<string, unknown>;
-  const token = typeof o['token'] === 'string' && o['token'] ? o['token'] : o['access_token'];
-  if (typeof token !== 'string' || !TOKEN_RE.test(token)) return 'has no usable token';
-  const e = o['expires_in'];
-  const ttl = typeof e === 'number' && Number.isFinite(e) && e > 0 ? Math.min(e, MAX_TOKEN_TTL_S) : DEFAULT_TOKEN_TTL_S;
-  return { token, expiresAt: issuedMs + ttl * 1000 };
-}
 
 /** Parses a WWW-Authenticate header value into challenges (RFC 9110 §11.6.1). Lenient, never throws. */
 export function parseWwwAuthenticate(value: string): AuthChallenge[] {
@@ -142,8 +113,7 @@ export class HttpFetcher {
   private readonly allowedTokenHosts: ReadonlySet<string>;
   private readonly userAgent: string;
   private readonly now: () => number;
-  private readonly tokens = new Map<string, CachedToken>();
-  private readonly tokenFetches = new Map<string, Promise<CachedToken>>();
+  private readonly tokens: TokenCache;
   /** The bearer token sent up front (the last one a challenge asked for), and its challenge key. */
   private current: { key: string; token: CachedToken } | undefined;
   /** The server asked for Basic once: send it up front from then on. */
@@ -171,6 +141,7 @@ export class HttpFetcher {
     this.allowedTokenHosts = new Set((opts.allowedTokenHosts ?? []).map((h) => h.toLowerCase()));
     this.userAgent = opts.userAgent ?? 'portcullis';
     this.now = opts.now ?? Date.now;
+    this.tokens = new TokenCache(this.now);
     this.agent = new Agent({
       connect: opts.ca === undefined ? {} : { ca: opts.ca },
       keepAliveTimeout: 10_000,
@@ -326,11 +297,7 @@ export class HttpFetcher {
       const key = JSON.stringify([bearer.params.realm ?? '', bearer.params.service ?? '', bearer.params.scope ?? '']);
       // a token we just sent and that was refused must not be reused
       const sent = this.current && this.now() < this.current.token.expiresAt ? this.current.token.token : undefined;
-      let tok = this.tokens.get(key);
-      if (!tok || this.now() >= tok.expiresAt || tok.token === sent) {
-        this.tokens.delete(key);
-        tok = await this.fetchTokenOnce(key, bearer, url, budget);
-      }
+      const tok = await this.tokens.obtain(key, sent, () => this.fetchToken(bearer, url, budget));
       this.current = { key, token: tok };
       return;
     }
@@ -345,20 +312,6 @@ export class HttpFetcher {
       return;
     }
     throw new TrustError('TRUST_UNAVAILABLE', `GET ${redact(url)}: authentication required (HTTP 401)`);
-  }
-
-  private fetchTokenOnce(key: string, ch: AuthChallenge, from: URL, budget: Budget): Promise<CachedToken> {
-    let p = this.tokenFetches.get(key);
-    if (!p) {
-      p = this.fetchToken(ch, from, budget).then(
-        (t) => {
-          this.tokens.set(key, t);
-          return t;
-        },
-      ).finally(() => this.tokenFetches.delete(key));
-      this.tokenFetches.set(key, p);
-    }
-    return p;
   }
 
   private async fetchToken(ch: AuthChallenge, from: URL, budget: Budget): Promise<CachedToken> {

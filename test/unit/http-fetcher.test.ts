@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TrustError } from '../../trust/errors.js';
-import { HttpFetcher, MAX_TOKEN_TTL_S, parseTokenResponse, parseWwwAuthenticate, type HttpFetcherOptions } from '../../trust/http-fetcher.js';
+import { HttpFetcher, parseWwwAuthenticate, type HttpFetcherOptions } from '../../trust/http-fetcher.js';
+import { MAX_TOKEN_TTL_S, parseTokenResponse, TokenCache } from '../../trust/token-cache.js';
 import { NotaryClient, escapeGun, notaryFetcher, notaryMetadataPath } from '../../trust/notary-client.js';
 import { makeTempDir, removeTempDir } from '../harness/process.js';
 import { makePki, type Pki } from '../harness/tls.js';
@@ -498,5 +499,56 @@ describe('token server answers (shared by the Notary fetcher, the Notary uploade
 
   it('a body that is not JSON is named as such', () => {
     expect(parse('<html>')).toBe('not JSON');
+  });
+});
+
+describe('TokenCache (the bearer tokens of both HTTP clients)', () => {
+  let now = 1_000;
+  const clock = () => now;
+  const tok = (token: string, ttlMs = 60_000) => ({ token, expiresAt: now + ttlMs });
+
+  it('one fetch per key however many requests met the challenge at once', async () => {
+    const c = new TokenCache(clock);
+    let fetches = 0;
+    const fetch = async () => {
+      fetches++;
+      await new Promise((r) => setTimeout(r, 5));
+      return tok('a');
+    };
+    const got = await Promise.all(Array.from({ length: 20 }, () => c.obtain('k', undefined, fetch)));
+    expect(fetches).toBe(1);
+    expect(new Set(got.map((t) => t.token))).toEqual(new Set(['a']));
+    expect((await c.obtain('k', undefined, fetch)).token).toBe('a');
+    expect(fetches).toBe(1);
+  });
+
+  it('401 loop: the token the server just refused is fetched anew, never offered again', async () => {
+    const c = new TokenCache(clock);
+    await c.obtain('k', undefined, async () => tok('old'));
+    const t = await c.obtain('k', 'old', async () => tok('new'));
+    expect(t.token).toBe('new');
+    expect(c.get('k')?.token).toBe('new');
+  });
+
+  it('an expired token is not used', async () => {
+    const c = new TokenCache(clock);
+    await c.obtain('k', undefined, async () => tok('a', 1_000));
+    now += 1_000;
+    expect(c.get('k')).toBeUndefined();
+    expect((await c.obtain('k', undefined, async () => tok('b'))).token).toBe('b');
+  });
+
+  it('a failed fetch is not cached and the next caller tries again', async () => {
+    const c = new TokenCache(clock);
+    await expect(c.obtain('k', undefined, async () => { throw new Error('token server down'); })).rejects.toThrow('token server down');
+    expect((await c.obtain('k', undefined, async () => tok('ok'))).token).toBe('ok');
+  });
+
+  it('memory growth: a server naming a new scope on every 401 cannot grow the cache past its bound', async () => {
+    const c = new TokenCache(clock, 16);
+    for (let i = 0; i < 1_000; i++) await c.obtain(`scope-${i}`, undefined, async () => tok(`t${i}`));
+    expect(c.size).toBe(16);
+    expect(c.get('scope-999')?.token).toBe('t999');
+    expect(c.get('scope-0')).toBeUndefined();
   });
 });
