@@ -5,9 +5,11 @@
 // stream allocated a fresh 1 MiB chunk per read (20% of the time went to the garbage collector) and went through
 // the promise-based FileHandle.read.
 //
-// At most one read is in flight per transfer and a new read starts only when the socket accepted the last chunk
-// ('drain'), so a transfer holds at most two chunks. The pool never makes a transfer wait: when it is empty (or a
-// slow client still holds its buffers) a new buffer is allocated, and the pool keeps at most `maxFree` idle ones.
+// The next chunk is read while the socket drains the last one (waiting for 'drain' before reading serialised the
+// two: one client, 200 MiB over loopback with curl, 1,635-2,586 MiB/s before and 1,942-2,865 after, same runs
+// interleaved). So at most one read is in flight and a transfer holds at most three chunks: one the socket still
+// owns, one written, one read ahead. The pool never makes a transfer wait: when it is empty (or a slow client still
+// holds its buffers) a new buffer is allocated, and the pool keeps at most `maxFree` idle ones.
 import { read } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 
@@ -38,56 +40,60 @@ export class BufferPool {
 
 const defaultPool = new BufferPool();
 
+type Chunk = { readonly buf: Buffer; readonly n: number; readonly err: Error | null };
+
 /**
  * Writes bytes [start, end] (inclusive) of `fd` to `res` (whose head is already set) and ends it. Resolves when
  * the response ended or was closed, and no read is in flight any more: only then may the caller close `fd`. A
  * read error or a file shorter than `end` destroys the response, so the client sees a broken transfer.
  */
-export function sendFileRange(res: ServerResponse, fd: number, start: number, end: number, pool: BufferPool = defaultPool): Promise<void> {
-  return new Promise<void>((resolve) => {
-    let pos = start;
-    let reading = false;
-    let stopped = false;
-    const finish = (): void => {
-      if (reading) return; // the read's callback comes back here
-      res.off('close', onClose);
-      res.off('drain', pump);
-      resolve();
-    };
-    const stop = (): void => {
-      stopped = true;
-      finish();
-    };
-    const onClose = (): void => stop();
-    function pump(): void {
-      if (stopped || reading) return;
-      if (res.destroyed) return stop();
-      if (pos > end) {
-        res.end();
-        return stop();
-      }
+export async function sendFileRange(res: ServerResponse, fd: number, start: number, end: number, pool: BufferPool = defaultPool): Promise<void> {
+  let wake: (() => void) | undefined;
+  let closed = false;
+  const onEvent = (): void => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  const onClose = (): void => {
+    closed = true;
+    onEvent();
+  };
+  const gone = (): boolean => closed || res.destroyed;
+  res.on('close', onClose);
+  res.on('drain', onEvent);
+  const readAt = (pos: number): Promise<Chunk> =>
+    new Promise((resolve) => {
       const buf = pool.take();
-      reading = true;
-      read(fd, buf, 0, Math.min(buf.length, end - pos + 1), pos, (err, n) => {
-        reading = false;
-        if (stopped || res.destroyed) {
-          pool.give(buf);
-          return stop();
-        }
-        if (err || n === 0) {
-          pool.give(buf);
-          res.destroy(err ?? new Error(`file ended at byte ${pos}, before byte ${end}`));
-          return stop();
-        }
-        pos += n;
-        const ok = res.write(n === buf.length ? buf : buf.subarray(0, n), (e) => {
-          if (!e) pool.give(buf);
-        });
-        if (ok) pump();
-        else res.once('drain', pump);
+      read(fd, buf, 0, Math.min(buf.length, end - pos + 1), pos, (err, n) => resolve({ buf, n, err }));
+    });
+  let pos = start;
+  let next: Promise<Chunk> | undefined = pos <= end ? readAt(pos) : undefined;
+  try {
+    while (next) {
+      const c = await next;
+      next = undefined;
+      if (gone()) {
+        pool.give(c.buf);
+        return;
+      }
+      if (c.err || c.n === 0) {
+        pool.give(c.buf);
+        res.destroy(c.err ?? new Error(`file ended at byte ${pos}, before byte ${end}`));
+        return;
+      }
+      pos += c.n;
+      if (pos <= end) next = readAt(pos);
+      const ok = res.write(c.n === c.buf.length ? c.buf : c.buf.subarray(0, c.n), (e) => {
+        if (!e) pool.give(c.buf);
       });
+      if (!ok && !gone()) await new Promise<void>((r) => (wake = r));
     }
-    res.on('close', onClose);
-    pump();
-  });
+    if (!gone()) res.end();
+  } finally {
+    // the caller closes fd once this settles: never with a read still running
+    if (next) pool.give((await next).buf);
+    res.off('close', onClose);
+    res.off('drain', onEvent);
+  }
 }
