@@ -123,13 +123,12 @@ class KeyRing {
   }
 }
 
+/** Token options (a PIN prompt only for a pkcs11 URI), plus the passphrase source for key files. */
 async function signerOptions(o: KeyOptions, ctx: SignCommandContext, uriOrPath: string) {
   const { isPkcs11Uri } = await hsm.uri();
   return {
-    ...(o.module !== undefined ? { module: o.module } : {}),
-    allowPinValue: o.allowPinValue === true,
+    ...tokenOpts(o, { ...ctx, interactive: ctx.interactive && isPkcs11Uri(uriOrPath) }, uriOrPath),
     ...(o.passphraseSource !== undefined ? { passphraseSource: o.passphraseSource } : {}),
-    ...(ctx.interactive && isPkcs11Uri(uriOrPath) ? { pin: () => promptHidden(`PIN for ${shortUri(uriOrPath)}: `) } : {}),
   };
 }
 

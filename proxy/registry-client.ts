@@ -11,7 +11,6 @@ import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { Agent, Pool, type Dispatcher } from 'undici';
 import {
-  TOKEN_MAX_BYTES,
   basic,
   destroyBody,
   discard,
@@ -21,7 +20,7 @@ import {
   type AuthChallenge,
   type HttpAuth,
 } from '../trust/http-fetcher.js';
-import { parseTokenResponse, TOKEN_CACHE_MAX, TokenCache, type CachedToken } from '../trust/token-cache.js';
+import { parseTokenResponse, TOKEN_CACHE_MAX, TOKEN_MAX_BYTES, TokenCache, type CachedToken } from '../trust/token-cache.js';
 
 // ------------------------------------------------------------------------------------------------ errors
 

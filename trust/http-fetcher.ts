@@ -5,7 +5,7 @@
 // the same origin. Every response body is consumed or destroyed so no connection is left half-read.
 import { Agent, type Dispatcher } from 'undici';
 import { TrustError } from './errors.js';
-import { parseTokenResponse, TokenCache, type CachedToken } from './token-cache.js';
+import { parseTokenResponse, TOKEN_MAX_BYTES, TokenCache, type CachedToken } from './token-cache.js';
 
 export type HttpAuth =
   | { readonly username: string; readonly password: string }
@@ -39,7 +39,6 @@ export interface AuthChallenge {
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const DISCARD_LIMIT = 64 * 1024;
-export const TOKEN_MAX_BYTES = 256 * 1024;
 const TCHAR = /[!#$%&'*+.^_`|~0-9A-Za-z-]/;
 
 /** Parses a WWW-Authenticate header value into challenges (RFC 9110 §11.6.1). Lenient, never throws. */

@@ -10,10 +10,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Agent, type Dispatcher } from 'undici';
 import { TrustError } from './errors.js';
 import {
-  basic, discard, headerValues, HttpFetcher, isLoopback, parseWwwAuthenticate, TOKEN_MAX_BYTES,
+  basic, discard, headerValues, HttpFetcher, isLoopback, parseWwwAuthenticate,
   type AuthChallenge, type HttpAuth, type HttpFetcherOptions,
 } from './http-fetcher.js';
-import { parseTokenResponse } from './token-cache.js';
+import { parseTokenResponse, TOKEN_MAX_BYTES } from './token-cache.js';
 import { canonicalGo, parseUntrustedJson, type JsonObject, type JsonValue } from './json.js';
 import { parseKey } from './keys.js';
 import { escapeGun, notaryMetadataPath } from './notary-client.js';

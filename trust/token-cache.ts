@@ -7,6 +7,8 @@
 export const MAX_TOKEN_TTL_S = 24 * 3600;
 export const DEFAULT_TOKEN_TTL_S = 60;
 export const TOKEN_CACHE_MAX = 1024;
+/** A token server's answer is a few KiB; read no more than this of it. */
+export const TOKEN_MAX_BYTES = 256 * 1024;
 const TOKEN_RE = /^[A-Za-z0-9\-._~+/]+=*$/;
 
 export interface CachedToken {

@@ -47,11 +47,11 @@ export function portcullisConfig(o: { port: number; stateDir: string; fixture: F
  * The Node flags `bin/portcullis` gives itself on its `#!/usr/bin/env -S node …` line (the server is started with
  * this process's node, so they are passed by hand), then `PORTCULLIS_BENCH_NODE_ARGS` to try others.
  */
-function extraNodeArgs(): string[] {
+const EXTRA_NODE_ARGS: readonly string[] = (() => {
   const shebang = readFileSync(PORTCULLIS_BIN, 'utf8').split('\n', 1)[0] ?? '';
   const own = /^#!\/usr\/bin\/env -S node(?:\s+(.*))?$/.exec(shebang)?.[1] ?? '';
   return [...own.split(/\s+/), ...(process.env['PORTCULLIS_BENCH_NODE_ARGS'] ?? '').split(/\s+/)].filter(Boolean);
-}
+})();
 
 export async function startServer(kind: ServerKind, dir: string, fixture: Fixture, o: { nodeArgs?: string[] } = {}): Promise<ServerUnderTest> {
   mkdirSync(dir, { recursive: true });
@@ -67,7 +67,7 @@ export async function startServer(kind: ServerKind, dir: string, fixture: Fixtur
   const proc = await startProcess({
     name: kind,
     command: process.execPath,
-    args: [...(o.nodeArgs ?? []), ...extraNodeArgs(), PORTCULLIS_BIN, 'serve', '--config', configPath],
+    args: [...(o.nodeArgs ?? []), ...EXTRA_NODE_ARGS, PORTCULLIS_BIN, 'serve', '--config', configPath],
     logFile,
     cwd: REPO_ROOT,
   });
